@@ -1,0 +1,16 @@
+import pytest
+
+from drconv_mmdet.datasets import ensure_toy_coco
+
+
+@pytest.fixture(scope='session')
+def toy_coco_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Root folder of a small toy COCO set (8 train / 4 val images) shared by the session.
+
+    Layout: ``train/``, ``val/``, ``annotations/instances_{train,val}.json``, i.e. use
+    ``data_root=toy_coco_root``, ``ann_file='annotations/instances_train.json'`` and
+    ``data_prefix=dict(img='train/')``. Treat it as read-only.
+    """
+    root = tmp_path_factory.mktemp('toy_coco')
+    ensure_toy_coco(str(root), num_train=8, num_val=4)
+    return str(root)

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# One-command environment for drconv-mmdet: a virtual environment in the repo with torch, mmcv 2.1.0
+# (with ops, built once from the sdist and cached as a wheel), mmengine, mmdet, the test tools and the
+# plugin in editable mode. Safe to run again: a finished setup is recognised by a stamp and takes seconds.
+#
+# Variables:
+#   VENV=.venv              where the environment lives
+#   PYTHON=python3          interpreter used to create it
+#   TORCH_VERSION=2.13.0    torch to install ...
+#   KEEP_TORCH=0            ... or 1 to keep the torch already in the environment (GPU users)
+#   MMCV_WHEEL_CACHE=~/.cache/drconv-mmdet/wheels   built mmcv wheels, keyed by python and torch
+#   MAX_JOBS=$(nproc)       parallel compile jobs for the mmcv build
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+KEEP_TORCH=${KEEP_TORCH:-0}
+MMCV_VERSION=2.1.0
+MMENGINE_VERSION=0.10.7
+MMDET_VERSION=3.3.0
+MMCV_WHEEL_CACHE=${MMCV_WHEEL_CACHE:-$HOME/.cache/drconv-mmdet/wheels}
+
+say() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+    say "creating virtual environment $VENV with $($PYTHON --version 2>&1)"
+    "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check)
+
+stamp_inputs() {
+    cat setup.py requirements/*.txt tools/misc/setup_env.sh
+    echo "$TORCH_VERSION $KEEP_TORCH $MMCV_VERSION $MMENGINE_VERSION $MMDET_VERSION"
+}
+STAMP="$VENV/.drconv-mmdet-setup"
+stamp=$(stamp_inputs | sha256sum | cut -d' ' -f1)
+
+check_env() {
+    "$PY" - <<'PY'
+import mmcv
+from mmcv.ops import RoIAlign, nms  # noqa: F401  (compiled ops, needed by Mask R-CNN)
+import mmdet
+import mmengine
+import torch
+
+import drconv_mmdet
+print(f'[setup] ok: torch {torch.__version__}, mmcv {mmcv.__version__} (ops), mmengine '
+      f'{mmengine.__version__}, mmdet {mmdet.__version__}, drconv_mmdet {drconv_mmdet.__version__}')
+PY
+}
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$stamp" ] && check_env 2>/dev/null; then
+    exit 0
+fi
+
+say "installing build tools (requirements/build.txt)"
+"${PIP[@]}" install -q -r requirements/build.txt
+
+if [ "$KEEP_TORCH" = 1 ] && "$PY" -c 'import torch' 2>/dev/null; then
+    say "keeping torch $("$PY" -c 'import torch; print(torch.__version__)')"
+else
+    say "installing torch==$TORCH_VERSION"
+    "${PIP[@]}" install -q "torch==$TORCH_VERSION"
+fi
+
+mmcv_ok() {
+    "$PY" -c "import mmcv, sys; from mmcv.ops import RoIAlign, nms; sys.exit(mmcv.__version__ != '$MMCV_VERSION')" 2>/dev/null
+}
+if mmcv_ok; then
+    say "mmcv $MMCV_VERSION with ops already installed"
+else
+    # A wheel is only valid for the python, torch and CUDA it was compiled against.
+    key=$("$PY" -c 'import sys, torch; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}")')
+    cache_dir="$MMCV_WHEEL_CACHE/mmcv-$MMCV_VERSION-$key"
+    wheel=$(ls "$cache_dir"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
+    if [ -z "$wheel" ]; then
+        mkdir -p "$cache_dir"
+        log="$cache_dir/build.log"
+        cuda=$("$PY" -c 'import torch; print(int(torch.cuda.is_available()))')
+        say "building mmcv $MMCV_VERSION with ops from the sdist (CUDA: $cuda). This is slow:"
+        say "about 16 minutes on 2 CPU cores for the CPU ops, much longer with CUDA. Full log: $log"
+        build_dir=$(mktemp -d)
+        set +e
+        MMCV_WITH_OPS=1 FORCE_CUDA=$cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+            "${PIP[@]}" wheel -v --no-build-isolation --no-deps -w "$build_dir" "mmcv==$MMCV_VERSION" 2>&1 \
+            | tee "$log" | grep --line-buffered -oE '^ *\[[0-9]+/[0-9]+\]' | sed -u 's/^ */[setup]   compiled /'
+        status=${PIPESTATUS[0]}
+        set -e
+        [ "$status" = 0 ] || die "mmcv build failed (exit $status); the end of $log says why"
+        mv "$build_dir"/mmcv-*.whl "$cache_dir"/
+        rmdir "$build_dir" 2>/dev/null || true
+        wheel=$(ls "$cache_dir"/mmcv-"$MMCV_VERSION"-*.whl | head -n 1)
+        say "cached $wheel"
+    else
+        say "installing cached $wheel"
+    fi
+    "${PIP[@]}" install -q --no-deps --force-reinstall "$wheel"
+    "${PIP[@]}" install -q addict pyyaml yapf
+    mmcv_ok || die "mmcv $MMCV_VERSION is installed but its compiled ops do not import"
+fi
+
+say "installing mmengine==$MMENGINE_VERSION, mmdet==$MMDET_VERSION and the test tools"
+"${PIP[@]}" install -q "mmengine==$MMENGINE_VERSION" "mmdet==$MMDET_VERSION" -r requirements/runtime.txt \
+    -r requirements/tests.txt
+say "installing drconv-mmdet in editable mode"
+"${PIP[@]}" install -q --no-build-isolation --no-deps -e .
+
+check_env || die "the environment does not import; see the error above"
+echo "$stamp" > "$STAMP"
