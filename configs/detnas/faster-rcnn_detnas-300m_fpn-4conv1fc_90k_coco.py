@@ -25,19 +25,23 @@ model = dict(
     neck=dict(in_channels=[64, 160, 320, 640], norm_cfg=norm_cfg),
     roi_head=dict(
         bbox_roi_extractor=dict(roi_layer=dict(sampling_ratio=2)),
-        bbox_head=dict(type='Shared4Conv1FCBBoxHead', conv_out_channels=256,
-                       norm_cfg=norm_cfg)))
+        bbox_head=dict(type='Shared4Conv1FCBBoxHead', conv_out_channels=256, norm_cfg=norm_cfg)))
 
 # 16 images per iteration (8 GPUs x 2), 90k iterations, steps at 60k and 80k.
 max_iters = 90000
 interval = 10000
 train_dataloader = dict(batch_size=2, sampler=dict(type='InfiniteSampler'))
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
-                 val_interval=interval)
+train_cfg = dict(
+    _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=interval)
 param_scheduler = [
     dict(type='LinearLR', start_factor=1.0 / 3, by_epoch=False, begin=0, end=500),
-    dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False, milestones=[60000, 80000],
-         gamma=0.1)
+    dict(
+        type='MultiStepLR',
+        begin=0,
+        end=max_iters,
+        by_epoch=False,
+        milestones=[60000, 80000],
+        gamma=0.1)
 ]
 # Biases get twice the learning rate and no weight decay, as in maskrcnn-benchmark.
 optim_wrapper = dict(

@@ -1,12 +1,26 @@
 import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from mmdet.registry import MODELS
+from mmdet.testing import demo_mm_inputs
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.registry import init_default_scope
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from drconv_mmdet.models.backbones import (DetNAS, DetNASBlock, SpatialPointwiseUnit,
-                                           split_even_odd)
+                                           convert_detnas_checkpoint, split_even_odd)
+from drconv_mmdet.models.backbones.detnas_checkpoint import VOC_ARCH_OPS
+from drconv_mmdet.models.layers import DRConv2d
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO_ROOT / 'configs' / 'detnas'
 
 ARCHS = tuple(DetNAS.arch_settings)
 # Backbone parameters (weights, conv biases, BN affine) from the DetNAS reference table.
@@ -22,6 +36,46 @@ ARCH_POINTWISE_CONVS = {
     'COCO-FPN-1.3G': 100,
     'COCO-FPN-3.8G': 100
 }
+
+# Few regions and bases keep the CPU tests fast; the DRConv layer has its own tests.
+DRCONV_CFG = dict(type='DRConv', region_num=4, generator='basis', num_bases=2)
+
+
+class _MessageList(logging.Handler):
+    """Keeps the messages of the warnings it handles."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def mmengine_warnings():
+    """Warnings logged by mmengine's current logger, which does not propagate to caplog."""
+    logger = MMLogger.get_current_instance()
+    handler = _MessageList()
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)
+
+
+def _random_state_dict(model):
+    """The state dict of ``model`` with random values, so that loading it is observable."""
+    state_dict = model.state_dict()
+    for tensor in state_dict.values():
+        if tensor.is_floating_point():
+            tensor.uniform_()
+    return state_dict
+
+
+def _pointwise_conv_names(model):
+    return {
+        name
+        for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
+    }
 
 
 @pytest.mark.parametrize('arch', ARCHS)
@@ -46,10 +100,7 @@ def test_detnas_size(arch):
     model = DetNAS(arch=arch)
     num_params = sum(p.numel() for p in model.parameters())
     assert num_params == pytest.approx(ARCH_PARAMS[arch], rel=0.01)
-    pointwise = [
-        m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
-    ]
-    assert len(pointwise) == ARCH_POINTWISE_CONVS[arch]
+    assert len(_pointwise_conv_names(model)) == ARCH_POINTWISE_CONVS[arch]
 
 
 def test_detnas_madds():
@@ -138,8 +189,9 @@ def test_shufflenet_block_puts_stride_on_its_depthwise_conv():
 
 
 def _frozen(module):
-    return all(not p.requires_grad for p in module.parameters()) and not any(
-        m.training for m in module.modules())
+    """Whether ``module`` is in eval mode with no trainable parameters."""
+    no_grad = all(not p.requires_grad for p in module.parameters())
+    return no_grad and not any(m.training for m in module.modules())
 
 
 @pytest.mark.parametrize('frozen_stages, num_frozen_blocks', [(0, 0), (1, 4), (4, 20)])
@@ -149,8 +201,9 @@ def test_detnas_frozen_stages(frozen_stages, num_frozen_blocks):
     assert _frozen(model.first_conv)
     blocks = list(model.features)
     assert all(_frozen(block) for block in blocks[:num_frozen_blocks])
-    assert all(block.training and all(p.requires_grad for p in block.parameters())
-               for block in blocks[num_frozen_blocks:])
+    assert all(
+        block.training and all(p.requires_grad for p in block.parameters())
+        for block in blocks[num_frozen_blocks:])
 
 
 def test_detnas_not_frozen_by_default():
@@ -201,8 +254,8 @@ def test_block_invalid_arguments(args, message):
 
 
 def test_unit_rejects_stride_without_depthwise_conv():
-    with pytest.raises(ValueError, match=r'stride must be 1 when kernel_size is None .*got '
-                       r'stride=2'):
+    message = r'stride must be 1 when kernel_size is None .*, got stride=2'
+    with pytest.raises(ValueError, match=message):
         SpatialPointwiseUnit('1a_x', 4, 4, stride=2)
 
 
@@ -214,16 +267,215 @@ def test_unit_layer_names():
     ]
 
 
-def test_detnas_loads_plain_checkpoint_with_pretrained_init(tmp_path, caplog):
-    source = DetNAS()
-    for tensor in source.state_dict().values():
-        if tensor.is_floating_point():
-            tensor.uniform_()
+@pytest.mark.parametrize('drconv_proj', [False, True])
+@pytest.mark.parametrize('shared_guide', [False, True])
+def test_detnas_drconv_replaces_searched_pointwise_convs(drconv_proj, shared_guide):
+    model = DetNAS(drconv_cfg=DRCONV_CFG, drconv_proj=drconv_proj, shared_guide=shared_guide)
+    plain = _pointwise_conv_names(DetNAS())
+    replaced = {
+        name
+        for name in plain if '_branch2' in name or (drconv_proj and name.endswith('_proj'))
+    }
+    drconvs = {name: m for name, m in model.named_modules() if isinstance(m, DRConv2d)}
+    assert len(replaced) == (50 if drconv_proj else 46)
+    assert set(drconvs) == set(model.drconv_names) == replaced
+    assert all(m.with_guide_conv != shared_guide for m in drconvs.values())
+    guide_convs = {f'features.{i}.guide_conv' for i in range(20)} if shared_guide else set()
+    assert _pointwise_conv_names(model) == plain - replaced | guide_convs
+
+
+def test_detnas_shared_guide_reads_searched_branch_input():
+    model = DetNAS(drconv_cfg=DRCONV_CFG, shared_guide=True)
+    # Block 1a sees the whole 16-channel stem output, block 1b the odd half of 64 channels.
+    assert model.features[0].guide_conv.weight.shape == (4, 16, 1, 1)
+    assert model.features[1].guide_conv.weight.shape == (4, 32, 1, 1)
+    assert model.features[1].guide_conv.bias is None
+
+
+def test_detnas_drconv_keeps_official_key_prefixes():
+    plain_keys = set(DetNAS().state_dict())
+    model = DetNAS(drconv_cfg=DRCONV_CFG, drconv_proj=True)
+    keys = set(model.state_dict())
+    drconv_prefixes = tuple(f'{name}.' for name in model.drconv_names)
+    replaced = {f'{name}.weight' for name in model.drconv_names}
+    assert replaced <= plain_keys
+    assert plain_keys - replaced <= keys
+    assert all(key in plain_keys or key.startswith(drconv_prefixes) for key in keys)
+    assert all(any(key.startswith(prefix) for key in keys) for prefix in drconv_prefixes)
+
+
+@pytest.mark.parametrize('shared_guide', [False, True])
+def test_detnas_drconv_forward_backward(shared_guide):
+    model = DetNAS(drconv_cfg=DRCONV_CFG, drconv_proj=True, shared_guide=shared_guide)
+    outs = model(torch.rand(2, 3, 32, 48))
+    assert [tuple(out.shape) for out in outs] == [(2, 64, 8, 12), (2, 160, 4, 6), (2, 320, 2, 3),
+                                                  (2, 640, 1, 2)]
+    sum(out.square().mean() for out in outs).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_detnas_drconv_pretrained_skips_plain_pointwise_weights(tmp_path, mmengine_warnings):
+    state_dict = _random_state_dict(DetNAS())
     path = tmp_path / 'detnas.pth'
-    torch.save(dict(state_dict=source.state_dict()), path)
-    model = DetNAS(init_cfg=dict(type='Pretrained', checkpoint=str(path)))
-    with caplog.at_level(logging.WARNING):
-        model.init_weights()
-    assert 'missing keys' not in caplog.text and 'unexpected key' not in caplog.text
+    torch.save(dict(state_dict=state_dict), path)
+    model = DetNAS(drconv_cfg=DRCONV_CFG, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+
+    skipped = {f'{name}.weight' for name in model.drconv_names}
+    warnings = [m for m in mmengine_warnings if 'plain 1x1 conv weights' in m]
+    assert len(warnings) == 1
+    assert re.match(
+        r'46 plain 1x1 conv weights were not loaded because those convs are DRConv layers here; '
+        r'they keep their own initialization\. Skipped: '
+        r'features\.0\.conv\.0\.interstellar1a_shufflenet_7x7_branch2a\.weight, ', warnings[0])
     loaded = model.state_dict()
-    assert all(torch.equal(loaded[key], value) for key, value in source.state_dict().items())
+    assert all(
+        torch.equal(loaded[key], value) for key, value in state_dict.items() if key not in skipped)
+
+
+def test_detnas_drconv_skips_plain_weights_under_a_prefix(mmengine_warnings):
+    detector = nn.Module()
+    detector.backbone = DetNAS(drconv_cfg=DRCONV_CFG, drconv_proj=True)
+    state_dict = {f'backbone.{key}': value for key, value in DetNAS().state_dict().items()}
+    result = detector.load_state_dict(state_dict, strict=False)
+    drconv_prefixes = tuple(f'backbone.{name}.' for name in detector.backbone.drconv_names)
+    assert result.unexpected_keys == []
+    assert all(key.startswith(drconv_prefixes) for key in result.missing_keys)
+    assert [m.split(' because')[0]
+            for m in mmengine_warnings] == ['50 plain 1x1 conv weights were not loaded']
+    assert 'backbone.features.0.proj_conv.interstellar1a_proj.weight' in mmengine_warnings[0]
+
+
+def _official_checkpoint(state_dict, wrapped=True, data_parallel=True):
+    """The layout of an official ImageNet checkpoint: classifier included, maybe wrapped."""
+    checkpoint = dict(state_dict)
+    checkpoint.update({
+        'last_conv.conv.weight': torch.rand(1024, 640, 1, 1),
+        'last_conv.conv.bias': torch.rand(1024),
+        'last_conv.bn.running_mean': torch.rand(1024),
+        'fc.fc.weight': torch.rand(1000, 1024),
+        'fc.fc.bias': torch.rand(1000),
+    })
+    if data_parallel:
+        checkpoint = {f'module.{key}': value for key, value in checkpoint.items()}
+    return dict(state_dict=checkpoint) if wrapped else checkpoint
+
+
+@pytest.mark.parametrize('wrapped', [True, False])
+@pytest.mark.parametrize('data_parallel', [True, False])
+def test_convert_round_trip(tmp_path, wrapped, data_parallel):
+    state_dict = _random_state_dict(DetNAS())
+    converted = convert_detnas_checkpoint(_official_checkpoint(state_dict, wrapped, data_parallel))
+    assert list(converted) == list(state_dict)
+
+    path = tmp_path / 'detnas.pth'
+    torch.save(dict(state_dict=converted, meta=dict(arch='COCO-FPN-300M')), path)
+    model = DetNAS(init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in state_dict.items())
+    model.load_state_dict(converted, strict=True)
+
+
+def test_convert_refuses_voc_checkpoint(monkeypatch):
+    # DetNAS cannot build VOC-FPN-300M; register it only to produce its checkpoint.
+    setting = dict(DetNAS.arch_settings['COCO-FPN-300M'], ops=VOC_ARCH_OPS['VOC-FPN-300M'])
+    monkeypatch.setitem(DetNAS.arch_settings, 'VOC-FPN-300M', setting)
+    checkpoint = _official_checkpoint(DetNAS(arch='VOC-FPN-300M').state_dict())
+    monkeypatch.delitem(DetNAS.arch_settings, 'VOC-FPN-300M')
+    message = 'not a DetNAS COCO-FPN-300M checkpoint: it looks like VOC-FPN-300M$'
+    with pytest.raises(ValueError, match=message):
+        convert_detnas_checkpoint(checkpoint)
+
+
+def test_convert_tells_1_3g_from_3_8g():
+    # The two share their op list; the stem width tells them apart.
+    message = r'not a DetNAS COCO-FPN-3\.8G checkpoint: it looks like COCO-FPN-1\.3G$'
+    with pytest.raises(ValueError, match=message):
+        convert_detnas_checkpoint(DetNAS(arch='COCO-FPN-1.3G').state_dict(), 'COCO-FPN-3.8G')
+
+
+def test_convert_refuses_checkpoint_without_block_keys():
+    # A supernet holds every candidate op of block i under features.<i>.<op index>.
+    supernet_like = {
+        re.sub(r'^features\.(\d+)\.', r'features.\1.0.', key): value
+        for key, value in DetNAS().state_dict().items()
+    }
+    with pytest.raises(ValueError, match='it has no DetNAS block keys'):
+        convert_detnas_checkpoint(supernet_like)
+
+
+def test_convert_refuses_unknown_architecture():
+    state_dict = DetNAS().state_dict()
+    key = 'features.0.conv.0.interstellar1a_shufflenet_7x7_branch2a.weight'
+    state_dict[key.replace('7x7', '3x3')] = state_dict.pop(key)
+    message = (r"its blocks \('shufflenet_3x3', 'shufflenet_5x5', .*\) with a 16-channel stem "
+               'match no known DetNAS architecture')
+    with pytest.raises(ValueError, match=message):
+        convert_detnas_checkpoint(state_dict)
+
+
+@pytest.mark.parametrize('edit, message', [
+    ('drop', r'missing keys 1 \(first_conv\.bn\.running_var\), unexpected keys 0 \(\)'),
+    ('add', r'unexpected keys 1 \(features\.0\.extra\.weight\)'),
+    ('reshape', r'shape mismatches 1 \(first_conv\.bn\.running_var \(8,\) != \(16,\)\)'),
+])
+def test_convert_refuses_wrong_keys_or_shapes(edit, message):
+    state_dict = DetNAS().state_dict()
+    if edit == 'drop':
+        del state_dict['first_conv.bn.running_var']
+    elif edit == 'add':
+        state_dict['features.0.extra.weight'] = torch.rand(1)
+    else:
+        state_dict['first_conv.bn.running_var'] = torch.rand(8)
+    with pytest.raises(ValueError, match='does not match DetNAS COCO-FPN-300M: .*' + message):
+        convert_detnas_checkpoint(state_dict)
+
+
+def test_convert_rejects_unknown_arch():
+    with pytest.raises(ValueError, match=r"arch must be one of \(.*\), got 'VOC-FPN-300M'"):
+        convert_detnas_checkpoint({}, 'VOC-FPN-300M')
+
+
+def test_converter_cli(tmp_path):
+    state_dict = _random_state_dict(DetNAS())
+    src, dst = tmp_path / 'COCO_FPN_300M.pkl', tmp_path / 'out' / 'detnas.pth'
+    torch.save(_official_checkpoint(state_dict), src)
+    script = REPO_ROOT / 'tools' / 'model_converters' / 'detnas_to_mmdet.py'
+    subprocess.run(
+        [sys.executable, str(script), str(src), str(dst)],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True)
+    checkpoint = torch.load(dst, weights_only=True)
+    assert checkpoint['meta'] == dict(arch='COCO-FPN-300M', source='COCO_FPN_300M.pkl')
+    assert all(
+        torch.equal(checkpoint['state_dict'][key], value) for key, value in state_dict.items())
+
+
+@pytest.mark.parametrize('config, num_drconvs', [
+    ('faster-rcnn_detnas-300m_fpn-4conv1fc_90k_coco.py', 0),
+    ('faster-rcnn_detnas-300m-drconv-8r_fpn-4conv1fc_90k_coco.py', 46),
+])
+def test_detnas_config_builds_and_gives_finite_losses(config, num_drconvs):
+    cfg = Config.fromfile(str(CONFIG_DIR / config))
+    # What --cfg-options would do for a CPU run without the converted weights.
+    cfg.merge_from_dict({
+        'model.backbone.norm_cfg.type': 'BN',
+        'model.neck.norm_cfg.type': 'BN',
+        'model.roi_head.bbox_head.norm_cfg.type': 'BN',
+        'model.backbone.init_cfg': None,
+    })
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    drconvs = [m for m in model.backbone.modules() if isinstance(m, DRConv2d)]
+    assert len(drconvs) == num_drconvs
+    assert all(m.region_num == 8 and m.generator_type == 'basis' for m in drconvs)
+
+    data = model.data_preprocessor(demo_mm_inputs(1, [[3, 32, 48]], num_classes=80), True)
+    losses = model(**data, mode='loss')
+    values = [
+        v for value in losses.values() for v in (value if isinstance(value, list) else [value])
+    ]
+    assert values and all(torch.isfinite(v).all() for v in values)

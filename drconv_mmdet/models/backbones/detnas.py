@@ -4,17 +4,18 @@ Detection <https://arxiv.org/abs/1903.10979>`_, optionally with DRConv 1x1 convo
 import logging
 from collections import OrderedDict
 from itertools import accumulate
-from typing import Any, List, Mapping, Sequence, Tuple
+from string import ascii_lowercase
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch.nn as nn
 from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmdet.registry import MODELS
+from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from mmengine.logging import print_log
 from mmengine.model import BaseModule, Sequential
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmdet.registry import MODELS
-from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from .detnas_blocks import BLOCK_OPS, DetNASBlock, SpatialPointwiseUnit
 
 
@@ -84,14 +85,14 @@ class DetNAS(BaseModule):
             channels=(16, 64, 160, 320, 640)),
         'COCO-FPN-1.3G':
         dict(
-            ops=(0, 0, 3, 1, 2, 1, 0, 2, 0, 3, 1, 2, 3, 3, 2, 0, 2, 1, 1, 3, 2, 0, 2, 2, 2, 1, 3,
-                 1, 0, 3, 3, 3, 1, 3, 3, 3, 3, 3, 3, 3),
+            ops=(0, 0, 3, 1, 2, 1, 0, 2, 0, 3, 1, 2, 3, 3, 2, 0, 2, 1, 1, 3, 2, 0, 2, 2, 2, 1, 3, 1,
+                 0, 3, 3, 3, 1, 3, 3, 3, 3, 3, 3, 3),
             stage_blocks=(8, 8, 16, 8),
             channels=(48, 96, 240, 480, 960)),
         'COCO-FPN-3.8G':
         dict(
-            ops=(0, 0, 3, 1, 2, 1, 0, 2, 0, 3, 1, 2, 3, 3, 2, 0, 2, 1, 1, 3, 2, 0, 2, 2, 2, 1, 3,
-                 1, 0, 3, 3, 3, 1, 3, 3, 3, 3, 3, 3, 3),
+            ops=(0, 0, 3, 1, 2, 1, 0, 2, 0, 3, 1, 2, 3, 3, 2, 0, 2, 1, 1, 3, 2, 0, 2, 2, 2, 1, 3, 1,
+                 0, 3, 3, 3, 1, 3, 3, 3, 3, 3, 3, 3),
             stage_blocks=(8, 8, 16, 8),
             channels=(72, 172, 432, 864, 1728)),
     }
@@ -136,7 +137,7 @@ class DetNAS(BaseModule):
             for index in range(num_blocks):
                 blocks.append(
                     DetNASBlock(
-                        f'{stage}{chr(ord("a") + index)}',
+                        f'{stage}{ascii_lowercase[index]}',
                         BLOCK_OPS[next(ops)],
                         in_channels,
                         out_channels,
@@ -161,13 +162,13 @@ class DetNAS(BaseModule):
             if isinstance(unit, SpatialPointwiseUnit) and unit.with_drconv
         ]
 
-    def _skip_plain_drconv_weights(self, module: nn.Module, state_dict: Mapping[str, Any],
-                                   prefix: str, *args: Any) -> None:
+    def _skip_plain_drconv_weights(self, module: nn.Module, state_dict: Dict[str, Any], prefix: str,
+                                   *args: Any) -> None:
         """Load-state-dict pre-hook dropping plain 1x1 weights found at DRConv positions.
 
         Args:
             module (nn.Module): This backbone.
-            state_dict (Mapping[str, Any]): The state dict being loaded; edited in place.
+            state_dict (dict[str, Any]): The state dict being loaded; edited in place.
             prefix (str): Prefix of this backbone's keys in ``state_dict``.
             *args: The remaining arguments of a load-state-dict pre-hook, unused.
         """

@@ -8,10 +8,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from mmengine.model import BaseModule, ModuleList
 from torch import Tensor
-
-from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 
 # The index of an op in this tuple is how the official architecture lists encode it.
 BLOCK_OPS = ('shufflenet_3x3', 'shufflenet_5x5', 'shufflenet_7x7', 'xception_3x3')
@@ -86,8 +85,7 @@ class SpatialPointwiseUnit(BaseModule):
                     padding=kernel_size // 2,
                     groups=in_channels,
                     bias=False))
-            self.add_module(f'{self.depthwise_name}_bn', build_norm_layer(norm_cfg,
-                                                                          in_channels)[1])
+            self.add_module(f'{self.depthwise_name}_bn', build_norm_layer(norm_cfg, in_channels)[1])
         self.pointwise_name = f'interstellar{name}'
         self.add_module(self.pointwise_name,
                         build_conv_layer(drconv_cfg, in_channels, out_channels, 1, bias=False))
@@ -204,15 +202,19 @@ class DetNASBlock(BaseModule):
         name = f'{prefix}_{op}'
         # (branch, in, out, depthwise kernel, stride, ReLU), in the official layer order
         if op == 'xception_3x3':
-            units = [('branch2a', main_in, mid, 3, stride, True),
-                     ('branch2b', mid, mid, 3, 1, True),
-                     ('branch2c', mid, main_out, 3, 1, False)]
+            units = [
+                ('branch2a', main_in, mid, 3, stride, True),
+                ('branch2b', mid, mid, 3, 1, True),
+                ('branch2c', mid, main_out, 3, 1, False),
+            ]
         else:
-            units = [('branch2a', main_in, mid, None, 1, True),
-                     ('branch2b', mid, main_out, kernel_size, stride, False)]
+            units = [
+                ('branch2a', main_in, mid, None, 1, True),
+                ('branch2b', mid, main_out, kernel_size, stride, False),
+            ]
         self.conv = ModuleList([
-            SpatialPointwiseUnit(f'{name}_{branch}', c_in, c_out, k, s, relu, norm_cfg,
-                                 drconv_cfg) for branch, c_in, c_out, k, s, relu in units
+            SpatialPointwiseUnit(f'{name}_{branch}', c_in, c_out, k, s, relu, norm_cfg, drconv_cfg)
+            for branch, c_in, c_out, k, s, relu in units
         ])
         if stride == 2:
             self.proj_conv = SpatialPointwiseUnit(f'{prefix}_proj', in_channels, in_channels,

@@ -20,7 +20,7 @@ VOC_STEM_CHANNELS = 16
 CLASSIFIER_PREFIXES = ('last_conv.', 'fc.')
 # Every block writes its op into the name of its first 1x1 conv.
 BLOCK_OP_KEY = re.compile(
-    r'features\.(\d+)\.conv\.0\.interstellar\d[a-h]_([a-z]+_\dx\d)_branch2a\.weight')
+    r'features\.(\d+)\.conv\.0\.interstellar\d[a-z]_([a-z]+_\dx\d)_branch2a\.weight')
 
 Signature = Tuple[Tuple[str, ...], Optional[int]]
 

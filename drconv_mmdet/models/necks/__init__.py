@@ -1,1 +1,3 @@
-__all__ = []
+from .drfpn import DRFPN
+
+__all__ = ['DRFPN']
