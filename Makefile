@@ -17,7 +17,7 @@ test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: data
-	bash tools/misc/demo.sh $(DEMO_CONFIG) $(DEMO_WORK_DIR)
+	PYTHON=$(PY) bash tools/misc/demo.sh $(DEMO_CONFIG) $(DEMO_WORK_DIR)
 
 bench: setup
 	$(PY) tools/analysis_tools/benchmark_drconv.py

@@ -12,8 +12,8 @@ from typing import Iterator, List, Tuple, Union
 import torch
 from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import (addmm_flop_jit, bmm_flop_jit, conv_flop_jit,
-                                            einsum_flop_jit, get_shape, linear_flop_jit,
-                                            matmul_flop_jit)
+                                           einsum_flop_jit, get_shape, linear_flop_jit,
+                                           matmul_flop_jit)
 from torch import Tensor, nn
 
 __all__ = ['MaddAnalyzer', 'count_madds', 'DRCONV_OP', 'DRCONV_OP_NAME']

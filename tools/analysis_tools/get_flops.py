@@ -15,11 +15,11 @@ from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
 from mmengine.analysis import parameter_count
 from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
-from mmdet.registry import MODELS
-from mmdet.structures import DetDataSample
 from terminaltables import AsciiTable
 from torch import nn
 
@@ -102,26 +102,27 @@ def drconv_rows(target: nn.Module, analyzer: MaddAnalyzer, madds: Dict[str, int]
                 params: Dict[str, int]) -> List[list]:
     """One row per DRConv layer and one for all of them; empty without DRConv layers.
 
-    The region conv costs what the plain conv of the same shape would; ``all m regions`` is the
-    layer's cost if every pixel were convolved with all ``m`` filters, as implementations that
-    compute all region outputs and then select one do.
+    Columns: params, MADDs, and the MADDs of the guide conv, of the filter generator, of the
+    region-wise conv (one conv per output pixel, the cost of the plain conv of the same shape)
+    and ``all m``: the layer's MADDs if every pixel were convolved with all ``m`` filters, as
+    implementations that compute every region's output and then select one do.
     """
     rows, sums = [], [0] * 6
     by_operator = analyzer.by_module_and_operator()
     for name, module in target.named_modules():
         if not isinstance(module, DRConv2d):
             continue
-        region = by_operator[name][DRCONV_OP_NAME]
+        conv = by_operator[name][DRCONV_OP_NAME]
         generator = madds[f'{name}.generator']
-        total = madds[name]
-        all_regions = total + (module.region_num - 1) * region
-        values = [params[name], total, total - region - generator, generator, region, all_regions]
+        guide = madds[name] - conv - generator
+        all_regions = madds[name] + (module.region_num - 1) * conv
+        values = (params[name], madds[name], guide, generator, conv, all_regions)
         rows.append([f'{name} ({module.region_num}R)', _millions(values[0]),
-                     *(_giga(v) for v in values[1:])])
-        sums = [s + v for s, v in zip(sums, values)]
+                     *map(_giga, values[1:])])
+        sums = [total + value for total, value in zip(sums, values)]
     if rows:
         rows.append([f'all {len(rows)} DRConv layers ({_percent(sums[1], madds[""])} of MADDs)',
-                     _millions(sums[0]), *(_giga(v) for v in sums[1:])])
+                     _millions(sums[0]), *map(_giga, sums[1:])])
     return rows
 
 
