@@ -5,17 +5,15 @@ Same arguments as mmdet's tools/test.py. Example::
     python tools/test.py configs/drconv/mask-rcnn_r50_drfpn-8r_180k_coco.py CKPT --out results.pkl
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 try:
     import drconv_mmdet  # noqa: F401  (registers the plugin before the config is built)
-    from drconv_mmdet.utils import load_tool_config
+    from drconv_mmdet.utils import add_runner_arguments, load_tool_config
 except ImportError as e:
     sys.exit(f'drconv_mmdet cannot be imported ({e}); install it with `make setup` or '
              '`pip install -e .` from the repository root.')
@@ -25,7 +23,6 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
     parser.add_argument(
         '--out', type=str, help='dump the predictions to a pickle file (.pkl) for offline eval')
     parser.add_argument('--show', action='store_true', help='show the predictions in a window')
@@ -33,16 +30,8 @@ def parse_args() -> argparse.Namespace:
         '--show-dir', help='save the painted images under this folder of the work dir')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='seconds each image is shown with --show')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override settings of the config, as key=value pairs (nested keys with dots)')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_runner_arguments(parser, 'the dir to save the evaluation metrics')
+    return parser.parse_args()
 
 
 def enable_visualization(cfg, show: bool, show_dir: str, wait_time: float) -> None:

@@ -9,13 +9,12 @@ import argparse
 import os
 import sys
 
-from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 try:
     import drconv_mmdet  # noqa: F401  (registers the plugin before the config is built)
-    from drconv_mmdet.utils import load_tool_config
+    from drconv_mmdet.utils import add_runner_arguments, load_tool_config
 except ImportError as e:
     sys.exit(f'drconv_mmdet cannot be imported ({e}); install it with `make setup` or '
              '`pip install -e .` from the repository root.')
@@ -24,7 +23,6 @@ except ImportError as e:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument(
         '--amp', action='store_true', default=False,
         help='enable automatic-mixed-precision training')
@@ -35,18 +33,8 @@ def parse_args() -> argparse.Namespace:
         '--resume', nargs='?', type=str, const='auto',
         help='resume from the given checkpoint, or from the latest one in the work dir when no '
         'path is given')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override settings of the config, as key=value pairs (nested keys with dots, lists '
-        'as a=[1,2] or a=1,2)')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-        help='job launcher')
-    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK instead.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_runner_arguments(parser, 'the dir to save logs and models')
+    return parser.parse_args()
 
 
 def main() -> None:

@@ -2,9 +2,9 @@ from .checkpoint_loading import trust_local_checkpoints
 from .complexity import MaddAnalyzer, count_madds
 from .cpu_distributed import setup_cpu_distributed
 from .dataset_check import check_dataset_files
-from .tool_config import load_tool_config
+from .tool_config import add_runner_arguments, load_tool_config
 
 __all__ = [
-    'trust_local_checkpoints', 'setup_cpu_distributed', 'check_dataset_files', 'load_tool_config',
-    'MaddAnalyzer', 'count_madds'
+    'MaddAnalyzer', 'add_runner_arguments', 'check_dataset_files', 'count_madds',
+    'load_tool_config', 'setup_cpu_distributed', 'trust_local_checkpoints'
 ]

@@ -1,11 +1,12 @@
 """Multiply-adds (MADDs) of a model, DRConv included, on mmengine's jit FLOP counter.
 
-MADDs are the paper's cost measure (Table 1) and the one of the DetNAS FLOPs table: one fused
+MADDs are the cost measure of the DRConv paper (Table 1) and of DetNAS's FLOPs table: one fused
 multiply-add of a convolution or a matrix product counts once. Norms, activations, elementwise
 arithmetic, pooling, resampling and detection post-processing are not counted: they are a small
 fraction of a detector's cost, and counting them would break the comparison with those tables.
 """
 import contextlib
+import math
 import typing
 from typing import Iterator, List, Tuple, Union
 
@@ -72,12 +73,8 @@ def _drconv_madds(inputs: List[torch._C.Value],
     The traced inputs are ``(input, weight (B, m, O, C, kh, kw), guide, bias)`` and the output is
     ``(B, O, Ho, Wo)``. The guide conv and the filter generator are ordinary ops, counted apart.
     """
-    weight_shape = get_shape(inputs[1])
-    out_shape = get_shape(outputs[0])
-    madds = 1
-    for size in (*out_shape, *weight_shape[3:]):
-        madds *= size
-    return typing.Counter({DRCONV_OP_NAME: madds})
+    filter_size = math.prod(get_shape(inputs[1])[3:])
+    return typing.Counter({DRCONV_OP_NAME: math.prod(get_shape(outputs[0])) * filter_size})
 
 
 class MaddAnalyzer(FlopAnalyzer):

@@ -46,10 +46,16 @@ def check_dataset_files(cfg: Config, loaders: tuple = ('train_dataloader', 'val_
         if not cfg.get(loader):
             continue
         for dataset in _datasets(cfg[loader].dataset):
+            root = dataset.get('data_root', '') or '.'
             missing = _missing(dataset)
+            # CocoMetric reads its own copy of the annotations when the Runner is built.
+            evaluators = cfg.get(loader.replace('dataloader', 'evaluator')) or []
+            for evaluator in evaluators if isinstance(evaluators, list) else [evaluators]:
+                ann_file = evaluator.get('ann_file')
+                if ann_file and not osp.exists(ann_file):
+                    missing.append(ann_file)
             if not missing:
                 continue
-            root = dataset.get('data_root', '') or '.'
             is_toy = dataset.get('type') == 'ToyCocoDataset' or 'toy_coco' in root
             hint = (TOY_COCO_HINT if is_toy else COCO_HINT).format(root=root, loader=loader)
             raise FileNotFoundError(f'{loader}: dataset file(s) not found: {", ".join(missing)}. '

@@ -1,14 +1,40 @@
 """What tools/train.py and tools/test.py do alike before they build a Runner."""
+import argparse
+import os
 import os.path as osp
 from typing import Optional, Sequence
 
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 
 from .checkpoint_loading import trust_local_checkpoints
 from .cpu_distributed import setup_cpu_distributed
 from .dataset_check import check_dataset_files
 
-__all__ = ['load_tool_config']
+__all__ = ['add_runner_arguments', 'load_tool_config']
+
+
+class _LocalRankAction(argparse.Action):
+    """``torch.distributed.launch`` passes ``--local-rank`` where torchrun sets ``LOCAL_RANK``;
+    mmengine reads the variable."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        os.environ['LOCAL_RANK'] = str(values)
+
+
+def add_runner_arguments(parser: argparse.ArgumentParser, work_dir_help: str) -> None:
+    """Adds the arguments train.py and test.py share: --work-dir, --cfg-options, --launcher and
+    --local-rank."""
+    parser.add_argument('--work-dir', help=work_dir_help)
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override settings of the config, as key=value pairs (nested keys with dots, lists '
+        'as a=[1,2] or a=1,2)')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        action=_LocalRankAction)
 
 
 def load_tool_config(config: str,

@@ -107,6 +107,17 @@ def test_missing_dataset_says_how_to_make_it(tmp_path):
             'train_dataloader.dataset.data_root': f'{tmp_path}/none/'}, 'none')
 
 
+def test_missing_evaluator_annotations_are_reported(toy_coco_root, tmp_path):
+    options = {
+        f'{split}_dataloader.dataset.data_root': toy_coco_root
+        for split in ('train', 'val', 'test')
+    }
+    options['val_evaluator.ann_file'] = f'{tmp_path}/val.json'
+    with pytest.raises(FileNotFoundError, match=f'val_dataloader: dataset file\\(s\\) not found: '
+                       f'{tmp_path}/val.json'):
+        load_tool_config(str(REPO_ROOT / DEMO_CONFIG), str(tmp_path), options, 'none')
+
+
 def test_coco_dataset_missing_says_where_coco_goes(tmp_path):
     with pytest.raises(FileNotFoundError, match=r'put COCO 2017 under .*/coco/ \(annotations/'):
         load_tool_config(str(REPO_ROOT / 'configs/drconv/mask-rcnn_r50_fpn_180k_coco.py'),
@@ -137,3 +148,30 @@ def test_torch_load_default_refuses_mmengine_checkpoints(trained):
         pytest.skip('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set in this environment')
     with pytest.raises(Exception, match='Weights only load failed'):
         torch.load(osp.join(trained, 'iter_2.pth'), map_location='cpu')
+
+
+def test_detnas_drconv_config_trains_on_toy_set(toy_coco_root, tmp_path):
+    """The DetNAS-300M 8R config trains on one CPU process (mmengine turns SyncBN into BN)."""
+    config = 'configs/detnas/faster-rcnn_detnas-300m-drconv-8r_fpn-4conv1fc_90k_coco.py'
+    options = [f'{loader}_dataloader.dataset.{key}' for loader, split in (('train', 'train'),
+                                                                           ('val', 'val'),
+                                                                           ('test', 'val'))
+               for key in ('type=ToyCocoDataset', f'data_root={toy_coco_root}',
+                           f'ann_file=annotations/instances_{split}.json',
+                           f'data_prefix.img={split}/')]
+    options += [
+        f'val_evaluator.ann_file={toy_coco_root}/annotations/instances_val.json',
+        f'test_evaluator.ann_file={toy_coco_root}/annotations/instances_val.json',
+        'train_dataloader.dataset.pipeline.2.scale=(128,128)',
+        'train_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False',
+        'train_cfg.max_iters=2',
+        'train_cfg.val_interval=100',
+        'default_hooks.logger.interval=1',
+        'model.backbone.init_cfg=None',
+    ]
+    result = run_tool(PY, 'tools/train.py', config, '--work-dir', str(tmp_path), '--cfg-options',
+                      *options)
+    _assert_ok(result)
+    losses = [entry['loss'] for entry in _train_log(str(tmp_path)) if 'loss' in entry]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))

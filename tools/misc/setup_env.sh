@@ -67,6 +67,10 @@ else
     "${PIP[@]}" install -q "torch==$TORCH_VERSION"
 fi
 
+# mmcv imports mmengine, so mmengine comes first; mmcv's other needs come with it.
+say "installing mmengine==$MMENGINE_VERSION"
+"${PIP[@]}" install -q "mmengine==$MMENGINE_VERSION" Pillow
+
 mmcv_ok() {
     "$PY" -c "import mmcv, sys; from mmcv.ops import RoIAlign, nms; sys.exit(mmcv.__version__ != '$MMCV_VERSION')" 2>/dev/null
 }
@@ -99,11 +103,10 @@ else
         say "installing cached $wheel"
     fi
     "${PIP[@]}" install -q --no-deps --force-reinstall "$wheel"
-    "${PIP[@]}" install -q addict pyyaml yapf
     mmcv_ok || die "mmcv $MMCV_VERSION is installed but its compiled ops do not import"
 fi
 
-say "installing mmengine==$MMENGINE_VERSION, mmdet==$MMDET_VERSION and the test tools"
+say "installing mmdet==$MMDET_VERSION and the test tools"
 "${PIP[@]}" install -q "mmengine==$MMENGINE_VERSION" "mmdet==$MMDET_VERSION" -r requirements/runtime.txt \
     -r requirements/tests.txt
 say "installing drconv-mmdet in editable mode"

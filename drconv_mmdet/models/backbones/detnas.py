@@ -19,6 +19,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .detnas_blocks import BLOCK_OPS, DetNASBlock, SpatialPointwiseUnit
 
 
+# The official code searched one op list for the 1.3G and 3.8G nets; they differ in width only.
+_LARGE_ARCH_OPS = (0, 0, 3, 1, 2, 1, 0, 2, 0, 3, 1, 2, 3, 3, 2, 0, 2, 1, 1, 3, 2, 0, 2, 2, 2, 1, 3, 1,
+                   0, 3, 3, 3, 1, 3, 3, 3, 3, 3, 3, 3)
+
+
 @MODELS.register_module()
 class DetNAS(BaseModule):
     """DetNAS backbone.
@@ -85,14 +90,12 @@ class DetNAS(BaseModule):
             channels=(16, 64, 160, 320, 640)),
         'COCO-FPN-1.3G':
         dict(
-            ops=(0, 0, 3, 1, 2, 1, 0, 2, 0, 3, 1, 2, 3, 3, 2, 0, 2, 1, 1, 3, 2, 0, 2, 2, 2, 1, 3, 1,
-                 0, 3, 3, 3, 1, 3, 3, 3, 3, 3, 3, 3),
+            ops=_LARGE_ARCH_OPS,
             stage_blocks=(8, 8, 16, 8),
             channels=(48, 96, 240, 480, 960)),
         'COCO-FPN-3.8G':
         dict(
-            ops=(0, 0, 3, 1, 2, 1, 0, 2, 0, 3, 1, 2, 3, 3, 2, 0, 2, 1, 1, 3, 2, 0, 2, 2, 2, 1, 3, 1,
-                 0, 3, 3, 3, 1, 3, 3, 3, 3, 3, 3, 3),
+            ops=_LARGE_ARCH_OPS,
             stage_blocks=(8, 8, 16, 8),
             channels=(72, 172, 432, 864, 1728)),
     }
