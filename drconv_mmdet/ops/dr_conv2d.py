@@ -249,9 +249,12 @@ def _check_args(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Ten
                              f'{tensor.dtype}')
     if not guide.is_floating_point():
         raise ValueError(f'guide must be a floating point tensor of logits, but got {guide.dtype}')
-    geo_args = (weight.shape[-2:], as_pair(stride, 'stride', 1), as_pair(padding, 'padding', 0),
+    # Plain ints: under torch.jit tracing (FLOP counting) sizes are tensors, which the traced
+    # autograd node cannot hold as constant arguments.
+    kernel = tuple(int(k) for k in weight.shape[-2:])
+    geo_args = (kernel, as_pair(stride, 'stride', 1), as_pair(padding, 'padding', 0),
                 as_pair(dilation, 'dilation', 1))
-    out_size = conv_output_size(input.shape[-2:], *geo_args)
+    out_size = conv_output_size(tuple(int(s) for s in input.shape[-2:]), *geo_args)
     if min(out_size) < 1:
         raise ValueError(f'input of spatial size {tuple(input.shape[-2:])} is too small for kernel '
                          f'{tuple(weight.shape[-2:])} with stride {geo_args[1]}, padding '
@@ -260,7 +263,7 @@ def _check_args(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Ten
     if tuple(guide.shape) != expected_guide:
         raise ValueError(f'guide must have shape (B, m, Ho, Wo) = {expected_guide}, but got '
                          f'{tuple(guide.shape)}')
-    return _Geometry(tuple(weight.shape[-2:]), *geo_args[1:], out_size)
+    return _Geometry(*geo_args, out_size)
 
 
 def dr_conv2d(input: Tensor,
