@@ -16,8 +16,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 IntPair = Union[int, Tuple[int, int]]
-# Fewest values a band of columns may hold (4 MiB of float32).
-MIN_BAND_VALUES = 1 << 20
+# Fewest values a band of columns may hold (16 MiB of float32): below that, more bands only add
+# small matrix products, whose fixed cost dominates on CPU.
+MIN_BAND_VALUES = 1 << 22
 
 __all__ = ['dr_conv2d', 'dr_conv2d_reference', 'DRConv2dFunction', 'conv_output_size']
 
