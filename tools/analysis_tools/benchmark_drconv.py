@@ -80,8 +80,11 @@ def measure(fn: Callable[[], None], repeat: int) -> Tuple[float, int]:
 def op_cases(x: torch.Tensor, kernel: int, regions: int) -> Dict[str, Callable]:
     batch, channels = x.shape[:2]
     padding = kernel // 2
-    weight = torch.randn(batch, regions, channels, channels, kernel, kernel) * 0.05
-    guide = torch.randn(batch, regions, *x.shape[-2:])
+    # Leaves that need gradients, as the generator's filters and the guide conv's output do in
+    # a layer: the backward then includes the weight and the m-conv guide gradients.
+    weight = (torch.randn(batch, regions, channels, channels, kernel, kernel) *
+              0.05).requires_grad_()
+    guide = torch.randn(batch, regions, *x.shape[-2:], requires_grad=True)
     conv = nn.Conv2d(channels, channels, kernel, padding=padding)
     return {
         'conv2d': lambda x_: conv(x_),
