@@ -13,7 +13,8 @@ from mmengine.runner import Runner
 
 try:
     import drconv_mmdet  # noqa: F401  (registers the plugin before the config is built)
-    from drconv_mmdet.utils import add_runner_arguments, load_tool_config
+    from drconv_mmdet.utils import (add_runner_arguments, load_tool_config,
+                                     shutdown_distributed)
 except ImportError as e:
     sys.exit(f'drconv_mmdet cannot be imported ({e}); install it with `make setup` or '
              '`pip install -e .` from the repository root.')
@@ -61,6 +62,7 @@ def main() -> None:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     runner.test()
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

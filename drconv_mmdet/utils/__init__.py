@@ -1,10 +1,10 @@
 from .checkpoint_loading import trust_local_checkpoints
 from .complexity import MaddAnalyzer, count_madds
-from .cpu_distributed import setup_cpu_distributed
 from .dataset_check import check_dataset_files
+from .distributed import setup_cpu_distributed, shutdown_distributed
 from .tool_config import add_runner_arguments, load_tool_config
 
 __all__ = [
     'MaddAnalyzer', 'add_runner_arguments', 'check_dataset_files', 'count_madds',
-    'load_tool_config', 'setup_cpu_distributed', 'trust_local_checkpoints'
+    'load_tool_config', 'setup_cpu_distributed', 'shutdown_distributed', 'trust_local_checkpoints'
 ]

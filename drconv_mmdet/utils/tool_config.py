@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 from mmengine.config import Config, DictAction
 
 from .checkpoint_loading import trust_local_checkpoints
-from .cpu_distributed import setup_cpu_distributed
+from .distributed import setup_cpu_distributed
 from .dataset_check import check_dataset_files
 
 __all__ = ['add_runner_arguments', 'load_tool_config']

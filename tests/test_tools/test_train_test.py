@@ -3,14 +3,16 @@ import glob
 import json
 import os
 import os.path as osp
+import socket
 import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import DEMO_CONFIG, REPO_ROOT, run_tool, tiny_run_config, tiny_run_options
 from mmengine.runner import Runner
 
-from drconv_mmdet.utils import load_tool_config, trust_local_checkpoints
+from drconv_mmdet.utils import load_tool_config, shutdown_distributed, trust_local_checkpoints
 
 PY = sys.executable
 
@@ -82,14 +84,35 @@ def test_resume_continues_from_saved_iteration(trained, toy_coco_root, tmp_path)
     assert iters == [3]
 
 
+def _two_process_env():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    return dict(PYTHON=PY, PORT=str(port), OMP_NUM_THREADS='1')
+
+
 def test_two_process_gloo_training(toy_coco_root, tmp_path):
     work_dir = str(tmp_path)
     result = run_tool('bash', 'tools/dist_train.sh', DEMO_CONFIG, '2', '--work-dir', work_dir,
-                      *tiny_run_options(toy_coco_root, max_iters=2),
-                      env=dict(PYTHON=PY, PORT='29517', OMP_NUM_THREADS='1'))
+                      *tiny_run_options(toy_coco_root, max_iters=2), env=_two_process_env())
     _assert_ok(result)
     assert osp.isfile(osp.join(work_dir, 'iter_2.pth'))
     assert 'Distributed training is not used' not in result.stdout + result.stderr
+
+
+def test_two_process_gloo_testing(trained, toy_coco_root, tmp_path):
+    result = run_tool('bash', 'tools/dist_test.sh', DEMO_CONFIG, osp.join(trained, 'iter_4.pth'),
+                      '2', '--work-dir', str(tmp_path), *tiny_run_options(toy_coco_root),
+                      env=_two_process_env())
+    _assert_ok(result)
+    assert 'coco/bbox_mAP' in result.stdout + result.stderr
+
+
+def test_shutdown_distributed_destroys_the_group(tmp_path):
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/store', rank=0, world_size=1)
+    shutdown_distributed()
+    assert not dist.is_initialized()
+    shutdown_distributed()
 
 
 def test_unknown_type_is_reported(toy_coco_root, tmp_path):

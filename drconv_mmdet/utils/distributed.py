@@ -1,9 +1,9 @@
-"""torch.distributed without CUDA, for the ``pytorch`` launcher on CPU machines."""
+"""The process group of the tools: gloo for torchrun on CPU machines, and an orderly shutdown."""
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
 
-__all__ = ['setup_cpu_distributed']
+__all__ = ['setup_cpu_distributed', 'shutdown_distributed']
 
 
 def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
@@ -26,3 +26,18 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
     cfg.model_wrapper_cfg.setdefault('find_unused_parameters',
                                      cfg.get('find_unused_parameters', False))
     return True
+
+
+def shutdown_distributed() -> None:
+    """Waits for every rank, then destroys the process group, after a run that succeeded.
+
+    mmengine's Runner leaves the group alive until the interpreter exits. Then the rank that
+    hosts the rendezvous store may leave first, and a gloo worker thread of another rank, still
+    joinable while C++ statics are destroyed, aborts it ("terminate called without an active
+    exception", SIGABRT), so torchrun reports a failed job after a run that finished. The barrier
+    is skipped on failure paths by design: callers call this only once their run has returned.
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        return
+    dist.barrier()
+    dist.destroy_process_group()
