@@ -9,6 +9,8 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
+from drconv_mmdet.models.layers import DRConv2d
+
 CONFIGS = sorted(p for p in (REPO_ROOT / 'configs').rglob('*.py') if '_base_' not in p.parts)
 
 
@@ -69,3 +71,13 @@ def test_metafiles_point_at_configs():
         for model in meta['Models']:
             assert (REPO_ROOT / model['Config']).is_file(), model['Config']
             assert model['Weights'] is None
+
+
+def test_lateral_config_puts_drconv_in_p2_p3_laterals():
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(
+        str(REPO_ROOT / 'configs/drconv/mask-rcnn_r50_drfpn-lateral-8r_180k_coco.py'))
+    neck = MODELS.build(cfg.model.neck)
+    drconvs = {name: m for name, m in neck.named_modules() if isinstance(m, DRConv2d)}
+    assert sorted(drconvs) == ['lateral_convs.0.conv', 'lateral_convs.1.conv']
+    assert all(m.kernel_size == (1, 1) and m.region_num == 8 for m in drconvs.values())

@@ -37,6 +37,7 @@ DEFAULT_CONFIGS = (
     'configs/drconv/mask-rcnn_r50_fpn_180k_coco.py',
     'configs/drconv/mask-rcnn_r50_drfpn-8r_180k_coco.py',
     'configs/drconv/mask-rcnn_r50_drfpn-16r_180k_coco.py',
+    'configs/drconv/mask-rcnn_r50_drfpn-lateral-8r_180k_coco.py',
 )
 # The targets for the 8R model, as ratios to the baseline.
 TARGETS = dict(inference=1.10, train=1.30)
