@@ -238,7 +238,7 @@ class DRConv2dFunction(torch.autograd.Function):
             grad_cols = scratch.get('grad_cols', cols.shape) if need_input else None
             for j, span in buckets.spans:
                 if need_weight:
-                    grad_filters[band.b, j] += grad_band[:, span] @ cols[:, span].T
+                    grad_filters[band.b, j].addmm_(grad_band[:, span], cols[:, span].T)
                 if need_input:
                     torch.mm(filters[band.b, j].T, grad_band[:, span], out=grad_cols[:, span])
             if need_input:
