@@ -8,7 +8,7 @@ output pixels are bucketed by region and each bucket is one matrix product with 
 The guided feature gets the paper's straight-through gradient (softmax in place of the argmax).
 """
 import math
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 IntPair = Union[int, Tuple[int, int]]
-# Fewest values a band of columns may hold (16 MiB of float32): below that, more bands only add
+# Fewest values a band of gathered windows may hold (16 MiB of float32): below that, more bands only add
 # small matrix products, whose fixed cost dominates on CPU.
 MIN_BAND_VALUES = 1 << 22
 
@@ -55,10 +55,10 @@ class _Geometry(NamedTuple):
 def _bands(channels: int, out_channels: int, geo: _Geometry) -> List[slice]:
     """Splits a sample's flat output pixels into bands of whole output rows.
 
-    Gathering a whole k x k input at once would hold k*k copies of it (the memory fault of the
-    official CUDA code); a band's columns hold about as many values as one sample's output or its
-    columns without the k*k factor, whichever is larger, and at least ``MIN_BAND_VALUES`` so that
-    small maps are not cut into many small matrix products.
+    Gathering every k x k window at once would hold k*k copies of the input (the memory fault of
+    the official CUDA code); a band's gathered windows hold about as many values as one sample's
+    input or output, whichever is larger, and at least ``MIN_BAND_VALUES`` so that small maps are
+    not cut into many small matrix products.
     """
     height, width = geo.out_size
     budget = max(channels * height * width, out_channels * height * width, MIN_BAND_VALUES)
@@ -67,13 +67,17 @@ def _bands(channels: int, out_channels: int, geo: _Geometry) -> List[slice]:
             for start in range(0, height, rows_per_band)]
 
 
-def _pixel_rows(x_pad: Tensor) -> Tensor:
-    """One sample's padded input as (Hp*Wp, C): a pixel's channels in one contiguous row.
+def _pixel_rows(image: Tensor, scratch: '_Scratch', role: str) -> Tensor:
+    """A (C, H, W) image as (H*W, C), one pixel's channels per contiguous row.
 
-    Copying whole rows is what makes the gathers below cheap; gathering columns of the usual
+    A view of a channels-last image, else a copy into a buffer reused for every sample. Gathering
+    whole rows is what makes the window gathers cheap; gathering columns of the usual
     (C, pixels) layout reads one value per cache line.
     """
-    return x_pad.permute(1, 2, 0).reshape(-1, x_pad.shape[0])
+    pixels = image.permute(1, 2, 0)
+    if not pixels.is_contiguous():
+        pixels = scratch.get(role, tuple(pixels.shape)).copy_(pixels)
+    return pixels.reshape(-1, image.shape[0])
 
 
 def _tap_offsets(geo: _Geometry, padded_width: int, device: torch.device) -> Tensor:
@@ -84,7 +88,7 @@ def _tap_offsets(geo: _Geometry, padded_width: int, device: torch.device) -> Ten
 
 
 def _window_index(pixels: Tensor, taps: Tensor, geo: _Geometry, padded_width: int) -> Tensor:
-    """Rows of :func:`_pixel_rows` read by output pixels ``pixels`` (flat), tap by tap: (P*k*k,)."""
+    """Padded input pixels read by output pixels ``pixels`` (flat), tap by tap: (P*k*k,)."""
     out_width = geo.out_size[1]
     corner = (pixels // out_width * (geo.stride[0] * padded_width) +
               pixels % out_width * geo.stride[1])
@@ -117,12 +121,10 @@ def _bucket(region: Tensor, num_regions: int) -> _Buckets:
     return _Buckets(order, spans)
 
 
-def _padded_pixels(x: Tensor, padding: Tuple[int, int]) -> Tensor:
-    """``x`` zero-padded and channels-last, so that each pixel's channels are one contiguous row:
-    the layout the row gathers and oneDNN's fastest CPU kernels read."""
-    if padding != (0, 0):
-        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-    return x.contiguous(memory_format=torch.channels_last)
+def _pad(x: Tensor, padding: Tuple[int, int]) -> Tensor:
+    if padding == (0, 0):
+        return x
+    return F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
@@ -135,15 +137,16 @@ def _memory_format(x: Tensor) -> torch.memory_format:
 def _region_response_dots(x_pad: Tensor, weight: Tensor, grad_output: Tensor,
                           geo: _Geometry) -> Tensor:
     """``<dL/dY(p), Y_j(p)>`` for every region j and pixel p (Eq. 7), as (B, m, Ho, Wo), from the
-    padded channels-last input.
+    padded input.
 
     Every region's response is needed, m convolutions of work. They run as ordinary convolutions,
     one sample and region at a time, so that the extra memory stays at one sample's output, and
-    channels-last, where oneDNN's CPU kernels are fastest (1.4x for 3x3, over 3x for 1x1 against
-    the same convolution on NCHW tensors, which it reorders first).
+    channels-last, where oneDNN's CPU kernels are fastest (on the benchmark's CPU, up to 1.4x for
+    3x3 and 3x for 1x1 against the same convolution on NCHW tensors, which it reorders first).
     """
     batch, num_regions = weight.shape[:2]
     dots = grad_output.new_empty((batch, num_regions, *geo.out_size))
+    x_pad = x_pad.contiguous(memory_format=torch.channels_last)
     grad_output = grad_output.contiguous(memory_format=torch.channels_last)
     for b in range(batch):
         for j in range(num_regions):
@@ -210,10 +213,10 @@ class _SampleWindows:
     one after the other: (P, kh*kw*C), the layout of :func:`_filters`.
     """
 
-    def __init__(self, x_pad: Tensor, geo: _Geometry) -> None:
+    def __init__(self, x_pad: Tensor, geo: _Geometry, scratch: _Scratch) -> None:
         self.geo = geo
         self.padded_width = x_pad.shape[-1]
-        self.rows = _pixel_rows(x_pad)
+        self.rows = _pixel_rows(x_pad, scratch, 'input')
         self.taps = _tap_offsets(geo, self.padded_width, x_pad.device)
 
     def index(self, pixels: Tensor) -> Tensor:
@@ -235,20 +238,26 @@ class DRConv2dFunction(torch.autograd.Function):
         batch, num_regions, out_channels = weight.shape[:3]
         filters = _filters(weight)
         regions = _regions(guide)
-        x_pad = _padded_pixels(input, geo.padding)
-        out_rows = input.new_empty((batch, geo.out_size[0] * geo.out_size[1], out_channels))
+        x_pad = _pad(input, geo.padding)
+        channels_last = _memory_format(input) == torch.channels_last
+        output = torch.empty((batch, out_channels, *geo.out_size), dtype=input.dtype,
+                             device=input.device, memory_format=_memory_format(input))
         scratch = _Scratch(input)
+        out_pixels = geo.out_size[0] * geo.out_size[1]
         for b in range(batch):
-            windows = _SampleWindows(x_pad[b], geo)
+            windows = _SampleWindows(x_pad[b], geo, scratch)
+            # Each output pixel's channels are written as one row: straight into a channels-last
+            # output, else into a buffer transposed into the sample's output at the end.
+            out_rows = (output[b].permute(1, 2, 0).view(out_pixels, out_channels)
+                        if channels_last else scratch.get('output', (out_pixels, out_channels)))
             for pixels in _bands(input.shape[1], out_channels, geo):
                 buckets = _bucket(regions[b, pixels], num_regions)
                 targets = buckets.order + pixels.start
                 cols = windows.gather(windows.index(targets), scratch)
                 for j, span in buckets.spans:
-                    out_rows[b].index_copy_(0, targets[span], _rows_times(cols[span],
-                                                                          filters[b, j]))
-        output = out_rows.view(batch, *geo.out_size, out_channels).permute(0, 3, 1, 2)
-        output = output.contiguous(memory_format=_memory_format(input))
+                    out_rows.index_copy_(0, targets[span], _rows_times(cols[span], filters[b, j]))
+            if not channels_last:
+                output[b].copy_(out_rows.view(*geo.out_size, out_channels).permute(2, 0, 1))
         if bias is not None:
             output += bias.view(1, -1, 1, 1)
         ctx.geo = geo
@@ -264,31 +273,33 @@ class DRConv2dFunction(torch.autograd.Function):
         need_input, need_weight, need_guide, need_bias = ctx.needs_input_grad[:4]
         batch, num_regions, out_channels, channels = weight.shape[:4]
         regions = _regions(guide)
-        x_pad = _padded_pixels(input, geo.padding)
+        # Channels-last once for the whole batch: the guide gradient's convolutions and the row
+        # gathers below all read these layouts.
+        x_pad = _pad(input, geo.padding).contiguous(memory_format=torch.channels_last)
+        grad_output = grad_output.contiguous(memory_format=torch.channels_last)
         pad_h, pad_w = geo.padding
 
         grad_input = torch.empty_like(input) if need_input else None
         grad_filters = weight.new_zeros(
             (batch, num_regions, out_channels, geo.taps * channels)) if need_weight else None
         grad_probs = _region_response_dots(x_pad, weight, grad_output, geo) if need_guide else None
-        if need_input or need_weight:
-            # (B, Ho*Wo, O): one output pixel's gradient per contiguous row.
-            grad_rows = grad_output.permute(0, 2, 3, 1).reshape(
-                batch, geo.out_size[0] * geo.out_size[1], out_channels)
+        if need_input:
             # (B, m, kh*kw*C, O): the transposed filters the input gradient multiplies.
             filters_t = weight.permute(0, 1, 4, 5, 3, 2).reshape(
-                batch, num_regions, geo.taps * channels, out_channels) if need_input else None
+                batch, num_regions, geo.taps * channels, out_channels)
         scratch = _Scratch(grad_output)
         for b in range(batch) if need_input or need_weight else ():
-            windows = _SampleWindows(x_pad[b], geo)
-            grad_x_rows = torch.zeros_like(windows.rows) if need_input else None
+            windows = _SampleWindows(x_pad[b], geo, scratch)
+            grad_rows = _pixel_rows(grad_output[b], scratch, 'grad_output')
+            if need_input:
+                grad_x_rows = scratch.get('grad_input', tuple(windows.rows.shape)).zero_()
             for pixels in _bands(channels, out_channels, geo):
                 buckets = _bucket(regions[b, pixels], num_regions)
                 targets = buckets.order + pixels.start
                 index = windows.index(targets)
                 cols = windows.gather(index, scratch)
                 grad_band = scratch.get('grad', (targets.numel(), out_channels))
-                torch.index_select(grad_rows[b], 0, targets, out=grad_band)
+                torch.index_select(grad_rows, 0, targets, out=grad_band)
                 for j, span in buckets.spans:
                     if need_weight:
                         grad_filters[b, j] += _rows_outer(grad_band[span], cols[span])

@@ -119,6 +119,9 @@ def test_memory_layouts(layout, geometry):
     out = dr_conv2d(x_l, weight_l, guide_l, bias, *geo)
     expected = dr_conv2d(x, weight, guide, bias, *geo)
     torch.testing.assert_close(out, expected)
+    # Like nn.Conv2d: channels_last in, channels_last out; anything else gives a contiguous output.
+    assert out.is_contiguous(memory_format=torch.channels_last if layout == 'channels_last' else
+                             torch.contiguous_format)
     grad_out = torch.randn_like(expected)
     for got, want in zip(grads(out, (x_l, weight_l, guide_l), grad_out),
                          grads(expected, (x, weight, guide), grad_out)):
