@@ -16,8 +16,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 IntPair = Union[int, Tuple[int, int]]
-# Fewest values a band of gathered windows may hold (16 MiB of float32): below that, more bands only add
-# small matrix products, whose fixed cost dominates on CPU.
+# Fewest values a band of gathered windows may hold (16 MiB of float32): below that, more bands
+# only add small matrix products, whose fixed cost dominates on CPU.
 MIN_BAND_VALUES = 1 << 22
 
 __all__ = ['dr_conv2d', 'dr_conv2d_reference', 'DRConv2dFunction', 'conv_output_size']
@@ -230,7 +230,8 @@ class _SampleWindows:
 
 
 class DRConv2dFunction(torch.autograd.Function):
-    """Autograd function of :func:`dr_conv2d`: hard assignment forward, straight-through backward."""
+    """Autograd function of :func:`dr_conv2d`: hard-assignment forward, straight-through
+    backward."""
 
     @staticmethod
     def forward(ctx, input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
@@ -344,8 +345,8 @@ def _check_args(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Ten
     batch, channels = input.shape[:2]
     if weight.shape[0] != batch or weight.shape[3] != channels:
         raise ValueError(
-            f'weight must have shape (B={batch}, m, O, C={channels}, kh, kw) to match input, but got '
-            f'{tuple(weight.shape)}')
+            f'weight must have shape (B={batch}, m, O, C={channels}, kh, kw) to match input, but '
+            f'got {tuple(weight.shape)}')
     num_regions, out_channels = weight.shape[1:3]
     if num_regions < 1 or out_channels < 1:
         raise ValueError(f'weight must have at least one region and one output channel, but got '
@@ -448,7 +449,8 @@ def dr_conv2d_reference(input: Tensor,
     """
     geo = _check_args(input, weight, guide, bias, stride, padding, dilation)
     batch, num_regions, out_channels = weight.shape[:3]
-    cols = F.unfold(input, geo.kernel, dilation=geo.dilation, padding=geo.padding, stride=geo.stride)
+    cols = F.unfold(input, geo.kernel, dilation=geo.dilation, padding=geo.padding,
+                    stride=geo.stride)
     responses = torch.einsum('bmok,bkl->bmol', weight.flatten(3),
                              cols).reshape(batch, num_regions, out_channels, *geo.out_size)
     index = guide.argmax(dim=1, keepdim=True).unsqueeze(2).expand(-1, -1, out_channels, -1, -1)

@@ -27,11 +27,12 @@ from torch import Tensor, nn
 
 try:
     import drconv_mmdet  # noqa: F401  (registers the plugin before the config is built)
-    from drconv_mmdet.models.layers import DRConv2d
-    from drconv_mmdet.utils import load_tool_config
 except ImportError as e:
     sys.exit(f'drconv_mmdet cannot be imported ({e}); install it with `make setup` or '
              '`pip install -e .` from the repository root.')
+
+from drconv_mmdet.models.layers import DRConv2d
+from drconv_mmdet.utils import load_tool_config
 
 DEFAULT_CONFIGS = (
     'configs/drconv/mask-rcnn_r50_fpn_180k_coco.py',

@@ -25,12 +25,13 @@ from torch import nn
 
 try:
     import drconv_mmdet  # noqa: F401  (registers the plugin before the config is built)
-    from drconv_mmdet.models.layers import DRConv2d
-    from drconv_mmdet.utils import MaddAnalyzer, load_tool_config
-    from drconv_mmdet.utils.complexity import DRCONV_OP_NAME
 except ImportError as e:
     sys.exit(f'drconv_mmdet cannot be imported ({e}); install it with `make setup` or '
              '`pip install -e .` from the repository root.')
+
+from drconv_mmdet.models.layers import DRConv2d
+from drconv_mmdet.utils import MaddAnalyzer, load_tool_config
+from drconv_mmdet.utils.complexity import DRCONV_OP_NAME
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

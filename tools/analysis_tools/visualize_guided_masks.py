@@ -21,12 +21,13 @@ from mmengine.utils import mkdir_or_exist
 
 try:
     import drconv_mmdet  # noqa: F401  (registers the plugin before the config is built)
-    from drconv_mmdet.models.layers import DRConv2d
-    from drconv_mmdet.utils import trust_local_checkpoints
-    from drconv_mmdet.visualization import crop_to_image, draw_guided_mask
 except ImportError as e:
     sys.exit(f'drconv_mmdet cannot be imported ({e}); install it with `make setup` or '
              '`pip install -e .` from the repository root.')
+
+from drconv_mmdet.models.layers import DRConv2d
+from drconv_mmdet.utils import trust_local_checkpoints
+from drconv_mmdet.visualization import crop_to_image, draw_guided_mask
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
