@@ -137,7 +137,7 @@ def _memory_format(x: Tensor) -> torch.memory_format:
 def _region_response_dots(x_pad: Tensor, weight: Tensor, grad_output: Tensor,
                           geo: _Geometry) -> Tensor:
     """``<dL/dY(p), Y_j(p)>`` for every region j and pixel p (Eq. 7), as (B, m, Ho, Wo), from the
-    padded input.
+    padded input; ``x_pad`` and ``grad_output`` are channels-last (the backward converts both once).
 
     Every region's response is needed, m convolutions of work. They run as ordinary convolutions,
     one sample and region at a time, so that the extra memory stays at one sample's output, and
@@ -146,8 +146,6 @@ def _region_response_dots(x_pad: Tensor, weight: Tensor, grad_output: Tensor,
     """
     batch, num_regions = weight.shape[:2]
     dots = grad_output.new_empty((batch, num_regions, *geo.out_size))
-    x_pad = x_pad.contiguous(memory_format=torch.channels_last)
-    grad_output = grad_output.contiguous(memory_format=torch.channels_last)
     for b in range(batch):
         for j in range(num_regions):
             response = F.conv2d(x_pad[b:b + 1], weight[b, j], stride=geo.stride,
@@ -240,18 +238,20 @@ class DRConv2dFunction(torch.autograd.Function):
         filters = _filters(weight)
         regions = _regions(guide)
         x_pad = _pad(input, geo.padding)
-        channels_last = _memory_format(input) == torch.channels_last
+        memory_format = _memory_format(input)
+        channels_last = memory_format == torch.channels_last
         output = torch.empty((batch, out_channels, *geo.out_size), dtype=input.dtype,
-                             device=input.device, memory_format=_memory_format(input))
+                             device=input.device, memory_format=memory_format)
         scratch = _Scratch(input)
         out_pixels = geo.out_size[0] * geo.out_size[1]
+        bands = _bands(input.shape[1], out_channels, geo)
         for b in range(batch):
             windows = _SampleWindows(x_pad[b], geo, scratch)
             # Each output pixel's channels are written as one row: straight into a channels-last
             # output, else into a buffer transposed into the sample's output at the end.
             out_rows = (output[b].permute(1, 2, 0).view(out_pixels, out_channels)
                         if channels_last else scratch.get('output', (out_pixels, out_channels)))
-            for pixels in _bands(input.shape[1], out_channels, geo):
+            for pixels in bands:
                 buckets = _bucket(regions[b, pixels], num_regions)
                 targets = buckets.order + pixels.start
                 cols = windows.gather(windows.index(targets), scratch)
@@ -289,12 +289,13 @@ class DRConv2dFunction(torch.autograd.Function):
             filters_t = weight.permute(0, 1, 4, 5, 3, 2).reshape(
                 batch, num_regions, geo.taps * channels, out_channels)
         scratch = _Scratch(grad_output)
+        bands = _bands(channels, out_channels, geo)
         for b in range(batch) if need_input or need_weight else ():
             windows = _SampleWindows(x_pad[b], geo, scratch)
             grad_rows = _pixel_rows(grad_output[b], scratch, 'grad_output')
             if need_input:
                 grad_x_rows = scratch.get('grad_input', tuple(windows.rows.shape)).zero_()
-            for pixels in _bands(channels, out_channels, geo):
+            for pixels in bands:
                 buckets = _bucket(regions[b, pixels], num_regions)
                 targets = buckets.order + pixels.start
                 index = windows.index(targets)
