@@ -1,10 +1,22 @@
-"""drconv-mmdet: Dynamic Region-Aware Convolution (DRConv) for MMDetection 3.x.
+"""drconv-mmdet: Dynamic Region-Aware Convolution (DRConv) for PyTorch and MMDetection 3.x.
 
-Importing the package registers its layers, models and datasets in mmdet's registries; configs do
-it with ``custom_imports = dict(imports=['drconv_mmdet'], allow_failed_imports=False)``.
+The core (the ``dr_conv2d`` op and the ``DRConv2d`` layer) needs only torch. Where mmdet is
+installed, importing the package also registers the layer, the models and the datasets in mmdet's
+registries; configs do it with
+``custom_imports = dict(imports=['drconv_mmdet'], allow_failed_imports=False)``.
 """
-from . import datasets, models  # noqa: F401
+import importlib.util
+
+from .nn import BasisFilterGenerator, DRConv2d, PaperFilterGenerator
 from .ops import dr_conv2d, dr_conv2d_reference
 from .version import __version__
 
-__all__ = ['__version__', 'dr_conv2d', 'dr_conv2d_reference']
+# Decided by whether mmdet is installed, not by catching its import errors: a broken mmdet
+# install must fail loudly here rather than leave configs with unregistered types.
+if importlib.util.find_spec('mmdet') is not None:
+    from . import datasets, models  # noqa: F401
+
+__all__ = [
+    '__version__', 'dr_conv2d', 'dr_conv2d_reference', 'DRConv2d', 'PaperFilterGenerator',
+    'BasisFilterGenerator'
+]

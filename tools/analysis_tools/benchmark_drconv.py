@@ -100,7 +100,7 @@ def layer_cases(x: torch.Tensor, kernel: int, regions: int) -> Dict[str, Callabl
     layer = DRConv2d(channels, channels, kernel, padding=padding, region_num=regions)
 
     def reference_layer(x_):
-        with mock.patch('drconv_mmdet.models.layers.drconv2d.dr_conv2d', dr_conv2d_reference):
+        with mock.patch('drconv_mmdet.nn.drconv2d.dr_conv2d', dr_conv2d_reference):
             return layer(x_)
 
     return {'conv2d': conv, 'op': layer, 'reference': reference_layer}

@@ -4,8 +4,6 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmengine.registry import MODELS as MMENGINE_MODELS
-from mmdet.registry import MODELS
 from torch import Tensor, nn
 
 from drconv_mmdet.ops import conv_output_size, dr_conv2d
@@ -17,7 +15,6 @@ __all__ = ['DRConv2d']
 GENERATORS = ('paper', 'basis')
 
 
-@MODELS.register_module(name=['DRConv', 'DRConv2d'])
 class DRConv2d(nn.Module):
     """Dynamic Region-Aware Convolution.
 
@@ -184,7 +181,3 @@ class DRConv2d(nn.Module):
             s += ', with_guide_conv=False'
         return s
 
-
-# Also in mmengine's root registry, as mmcv does for DCN, so that `build_conv_layer` finds it when
-# no default scope is set (a bare script or test); mmdet's registry searches its own first.
-MMENGINE_MODELS.register_module(name=['DRConv', 'DRConv2d'], module=DRConv2d)
