@@ -228,8 +228,11 @@ def generate_toy_coco(out_dir: str,
 
     Each image has a random width and height in ``[min_size, max_size]``, a gradient, stripe
     or smooth-noise background and 1 to 6 non-overlapping filled shapes whose circumscribed
-    diameter is 20 to 45 % of the short image side. The same arguments always give
-    byte-identical annotation files and identical pixels.
+    diameter is 20 to 45 % of the short image side. With the same numpy, OpenCV and pycocotools
+    versions, the same arguments give byte-identical annotation files and identical pixels.
+    Across versions they may not: numpy does not promise the same random stream from one
+    version to the next, and OpenCV's colour conversion and pycocotools' rasterisation may round
+    differently.
 
     Args:
         out_dir (str): Folder to write into; created if missing. Existing files of the same
