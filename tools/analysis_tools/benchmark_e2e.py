@@ -40,8 +40,6 @@ DEFAULT_CONFIGS = (
     'configs/drconv/mask-rcnn_r50_drfpn-16r_180k_coco.py',
     'configs/drconv/mask-rcnn_r50_drfpn-lateral-8r_180k_coco.py',
 )
-# The issue's targets for the 8R model, as ratios to the baseline.
-TARGETS = dict(inference=1.10, train=1.30)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -217,9 +215,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         '',
         markdown_table(['config', 'train iter (s)', 'x baseline', 'inference (s)', 'x baseline',
                         'detections per image'], model_rows),
-        '',
-        f'Targets for the 8R model: inference <= {TARGETS["inference"]:.2f} x, training <= '
-        f'{TARGETS["train"]:.2f} x the baseline.',
     ]
     if drconv_rows:
         report += [
