@@ -1,13 +1,18 @@
+"""Fixtures and helpers shared by the tests.
+
+Importable with torch and pytest alone, so that ``pytest tests/test_ops tests/test_nn`` runs without
+OpenMMLab: what needs mmengine or mmdet imports it where it is used.
+"""
 import argparse
 import os
 import subprocess
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pytest
-from mmengine.config import Config, DictAction
 
-from drconv_mmdet.datasets import ensure_toy_coco
+if TYPE_CHECKING:
+    from mmengine.config import Config
 
 
 @pytest.fixture(scope='session')
@@ -18,6 +23,8 @@ def toy_coco_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     ``data_root=toy_coco_root``, ``ann_file='annotations/instances_train.json'`` and
     ``data_prefix=dict(img='train/')``. Treat it as read-only.
     """
+    from drconv_mmdet.datasets import ensure_toy_coco
+
     root = tmp_path_factory.mktemp('toy_coco')
     ensure_toy_coco(str(root), num_train=8, num_val=4)
     return str(root)
@@ -63,8 +70,10 @@ def run_tool(*args: str, env: Optional[dict] = None, timeout: int = 600) -> subp
                           timeout=timeout)
 
 
-def tiny_run_config(config: str, data_root: str, **kwargs) -> Config:
+def tiny_run_config(config: str, data_root: str, **kwargs) -> 'Config':
     """The config a tool gets with ``tiny_run_options`` (parsed as its ``--cfg-options`` are)."""
+    from mmengine.config import Config, DictAction
+
     parser = argparse.ArgumentParser()
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     cfg = Config.fromfile(str(REPO_ROOT / config))
