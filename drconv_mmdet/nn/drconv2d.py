@@ -1,6 +1,6 @@
 """DRConv2d: the Dynamic Region-Aware Convolution layer (arXiv 2003.12243)."""
 import math
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -8,11 +8,14 @@ from torch import Tensor, nn
 
 from drconv_mmdet.ops import conv_output_size, dr_conv2d
 from drconv_mmdet.ops.dr_conv2d import as_pair
-from .filter_generators import BasisFilterGenerator, PaperFilterGenerator
+from .filter_generators import BasisFilterGenerator, PaperFilterGenerator, WeightAndBias
 
-__all__ = ['DRConv2d']
+__all__ = ['DRConv2d', 'sample_guide']
 
 GENERATORS = ('paper', 'basis')
+# What DRConv2d.from_conv takes from the conv.
+CONV_ARGS = ('in_channels', 'out_channels', 'kernel_size', 'stride', 'padding', 'dilation',
+             'groups')
 
 
 class DRConv2d(nn.Module):
@@ -42,6 +45,10 @@ class DRConv2d(nn.Module):
         hidden_channels (int, optional): hidden width of the ``'paper'`` generator, a multiple of
             ``region_num``. Default: ``region_num ** 2``, as the public implementations use.
         num_bases (int): number of shared kernels of the ``'basis'`` generator. Default: 8.
+        static_kernel (bool): ``'paper'`` generator only: add a learned static ``k x k`` kernel,
+            shared by samples and regions, to the generated filters. It lets a ``k > 1`` layer
+            start from a pretrained conv (:meth:`from_conv`). Default: False, the paper's
+            generator.
         with_guide_conv (bool): own the guide conv. ``False`` for layers that share a guide
             computed outside (official ShuffleNet blocks); ``forward`` then needs ``guide``.
             Default: True.
@@ -65,6 +72,7 @@ class DRConv2d(nn.Module):
                  generator: str = 'paper',
                  hidden_channels: Optional[int] = None,
                  num_bases: int = 8,
+                 static_kernel: bool = False,
                  with_guide_conv: bool = True,
                  record_mask: bool = False) -> None:
         super().__init__()
@@ -76,6 +84,9 @@ class DRConv2d(nn.Module):
             raise NotImplementedError(f'DRConv2d supports groups=1 only, but got groups={groups}')
         if generator not in GENERATORS:
             raise ValueError(f'generator must be one of {GENERATORS}, but got {generator!r}')
+        if static_kernel and generator != 'paper':
+            raise ValueError(f'static_kernel=True needs the \'paper\' generator, but got '
+                             f'generator={generator!r}')
         if hidden_channels is None:
             hidden_channels = region_num * region_num
         if (not isinstance(hidden_channels, int) or hidden_channels < 1
@@ -95,16 +106,12 @@ class DRConv2d(nn.Module):
         self.record_mask = record_mask
         self.last_mask: Optional[Tensor] = None
 
-        if with_guide_conv:
-            self.guide_weight = nn.Parameter(torch.empty(region_num, in_channels,
-                                                         *self.kernel_size))
-            self.guide_bias = nn.Parameter(torch.empty(region_num))
-        else:
-            self.register_parameter('guide_weight', None)
-            self.register_parameter('guide_bias', None)
+        # The guide conv applied functionally from a plain holder: see filter_generators.py.
+        self.guide = (WeightAndBias((region_num, in_channels, *self.kernel_size))
+                      if with_guide_conv else None)
         if generator == 'paper':
             self.generator = PaperFilterGenerator(in_channels, out_channels, self.kernel_size,
-                                                  region_num, hidden_channels)
+                                                  region_num, hidden_channels, static_kernel)
         else:
             self.generator = BasisFilterGenerator(in_channels, out_channels, self.kernel_size,
                                                   region_num, num_bases)
@@ -113,7 +120,7 @@ class DRConv2d(nn.Module):
 
     @property
     def with_guide_conv(self) -> bool:
-        return self.guide_weight is not None
+        return self.guide is not None
 
     def init_weights(self) -> None:
         """Initialises the guide conv, the generator and the bias.
@@ -122,11 +129,97 @@ class DRConv2d(nn.Module):
         holds inside mmdet models.
         """
         if self.with_guide_conv:
-            nn.init.kaiming_uniform_(self.guide_weight, a=math.sqrt(5))
-            nn.init.zeros_(self.guide_bias)
+            nn.init.kaiming_uniform_(self.guide.weight, a=math.sqrt(5))
+            nn.init.zeros_(self.guide.bias)
         self.generator.reset_parameters()
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, **drconv_kwargs: Any) -> 'DRConv2d':
+        """A DRConv2d that computes what ``conv`` computes until it is trained.
+
+        The layer takes the conv's channels and geometry, its filter generator is set up so that
+        every region's filter is the conv's weight for every input (:meth:`init_from_conv`) and
+        the bias is copied, so ``layer(x)`` equals ``conv(x)`` at construction. The guide conv
+        keeps its usual initialisation. On the same device and dtype as ``conv``.
+
+        Every added parameter learns: all get a gradient in the first backward pass except the
+        guide conv's. Its straight-through gradient is made of the differences between the
+        regions' responses (Eq. 7-8), all equal at the start; the first step makes the regions'
+        filters differ (each region's generator coefficients get the gradient of its own
+        pixels), and the guide gets gradients from the second step on.
+
+        Args:
+            conv (nn.Conv2d): a 2-D convolution with ``groups=1`` and zero padding.
+            **drconv_kwargs: the other arguments of :class:`DRConv2d` (``region_num``,
+                ``generator``, ...). ``bias=True`` gives a zero bias to a conv without one.
+                The ``'paper'`` generator needs ``static_kernel=True`` for a ``k > 1`` conv.
+
+        Returns:
+            DRConv2d: the new layer.
+
+        Raises:
+            ValueError: ``conv`` is not an ``nn.Conv2d``, ``drconv_kwargs`` holds an argument
+                taken from the conv or ``bias=False`` for a conv with a bias, or the generator
+                cannot start from the conv's kernel.
+            NotImplementedError: a transposed or grouped conv, or a padding mode other than
+                ``'zeros'``.
+        """
+        if getattr(conv, 'transposed', False):
+            raise NotImplementedError(
+                f'DRConv2d.from_conv does not support transposed convolutions, but got '
+                f'{type(conv).__name__}')
+        if not isinstance(conv, nn.Conv2d):
+            raise ValueError(f'conv must be an nn.Conv2d, but got {type(conv).__name__}')
+        if conv.groups != 1:
+            raise NotImplementedError(
+                f'DRConv2d supports groups=1 only, but the conv has groups={conv.groups}')
+        if conv.padding_mode != 'zeros':
+            raise NotImplementedError(f"DRConv2d pads with zeros only, but the conv has "
+                                      f"padding_mode={conv.padding_mode!r}")
+        taken = sorted(set(drconv_kwargs) & set(CONV_ARGS))
+        if taken:
+            raise ValueError(f'from_conv takes {", ".join(taken)} from the conv; expected them '
+                             'out of drconv_kwargs')
+        bias = drconv_kwargs.pop('bias', conv.bias is not None)
+        if not bias and conv.bias is not None:
+            raise ValueError('bias=False would drop the bias of the conv, and the layer would not '
+                             'compute what the conv computes')
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    _explicit_padding(conv), conv.dilation, bias=bias, **drconv_kwargs)
+        layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        layer.init_from_conv(conv.weight, conv.bias)
+        return layer
+
+    @torch.no_grad()
+    def init_from_conv(self, weight: Tensor, bias: Optional[Tensor] = None) -> None:
+        """Makes the layer compute ``F.conv2d(x, weight, bias)`` (with its own geometry).
+
+        Every region's generated filter becomes ``weight`` whatever the input (see the
+        generators' ``start_from``) and the bias becomes ``bias`` (zero when None). The guide
+        conv is left as it is. See :meth:`from_conv`.
+
+        Args:
+            weight (Tensor[O, C, kh, kw]): the plain conv's weight.
+            bias (Tensor[O], optional): the plain conv's bias. Default: None.
+
+        Raises:
+            ValueError: ``bias`` of another shape or given to a layer without bias, or a
+                ``weight`` that the generator cannot start from.
+        """
+        if bias is not None:
+            if self.bias is None:
+                raise ValueError('bias was given, but this DRConv2d was built with bias=False')
+            if tuple(bias.shape) != (self.out_channels, ):
+                raise ValueError(f'bias must have shape ({self.out_channels},), but got '
+                                 f'{tuple(bias.shape)}')
+        self.generator.start_from(weight)
+        if self.bias is not None:
+            if bias is None:
+                self.bias.zero_()
+            else:
+                self.bias.copy_(bias)
 
     def forward(self, x: Tensor, guide: Optional[Tensor] = None) -> Tensor:
         """Applies the DRConv.
@@ -134,9 +227,11 @@ class DRConv2d(nn.Module):
         Args:
             x (Tensor[B, C, H, W]): input features.
             guide (Tensor[B, m, H', W'], optional): an external guided feature (logits), for
-                layers that share one guide. Nearest-resized to the output size when it differs
-                (a block's guide at its input resolution serves its stride-2 convs). Default:
-                None, the layer's own guide conv.
+                layers that share one guide, at the output size ``(Ho, Wo)`` or at the input
+                size ``(H, W)``. At the input size, output pixel ``p`` takes the guide at the
+                centre of its window (:func:`sample_guide`), e.g. rows 0, 2, 4, 6 for
+                ``H = 7``, ``k = 3``, stride 2 and padding 1. Default: None, the layer's own
+                guide conv.
 
         Returns:
             Tensor[B, O, Ho, Wo]: output features.
@@ -148,7 +243,7 @@ class DRConv2d(nn.Module):
             if not self.with_guide_conv:
                 raise ValueError('guide is required: this DRConv2d was built with '
                                  'with_guide_conv=False')
-            guide = F.conv2d(x, self.guide_weight, self.guide_bias, self.stride, self.padding,
+            guide = F.conv2d(x, self.guide.weight, self.guide.bias, self.stride, self.padding,
                              self.dilation)
         else:
             guide = self._fit_guide(x, guide)
@@ -161,11 +256,16 @@ class DRConv2d(nn.Module):
         if guide.dim() != 4 or guide.shape[:2] != (x.shape[0], self.region_num):
             raise ValueError(f'guide must have shape (B={x.shape[0]}, region_num='
                              f'{self.region_num}, H, W), but got {tuple(guide.shape)}')
-        out_size = conv_output_size(x.shape[-2:], self.kernel_size, self.stride, self.padding,
+        in_size = tuple(x.shape[-2:])
+        out_size = conv_output_size(in_size, self.kernel_size, self.stride, self.padding,
                                     self.dilation)
-        if guide.shape[-2:] != out_size:
-            guide = F.interpolate(guide, size=out_size, mode='nearest')
-        return guide
+        guide_size = tuple(guide.shape[-2:])
+        if guide_size == out_size:
+            return guide
+        if guide_size == in_size:
+            return sample_guide(guide, self.kernel_size, self.stride, self.padding, self.dilation)
+        raise ValueError(f'guide must have the output size {out_size} or the input size '
+                         f'{in_size} of this layer, but got size {guide_size}')
 
     def extra_repr(self) -> str:
         s = (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
@@ -177,7 +277,61 @@ class DRConv2d(nn.Module):
             s += f', dilation={self.dilation}'
         if self.bias is None:
             s += ', bias=False'
+        if self.generator_type == 'paper' and self.generator.static_kernel:
+            s += ', static_kernel=True'
         if not self.with_guide_conv:
             s += ', with_guide_conv=False'
         return s
 
+
+def _explicit_padding(conv: nn.Conv2d) -> Tuple[int, int]:
+    """The conv's padding as a pair of ints (``'valid'`` and ``'same'`` resolved)."""
+    if not isinstance(conv.padding, str):
+        return conv.padding
+    if conv.padding == 'valid':
+        return (0, 0)
+    extents = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+    if any(extent % 2 for extent in extents):
+        raise NotImplementedError(
+            "padding='same' pads one side more for an even dilation * (kernel_size - 1); "
+            f'DRConv2d pads both sides alike, but the conv has kernel_size={conv.kernel_size} '
+            f'and dilation={conv.dilation}')
+    return tuple(extent // 2 for extent in extents)
+
+
+def window_centres(in_size: int, out_size: int, kernel_size: int, stride: int, padding: int,
+                   dilation: int, device: torch.device) -> Tensor:
+    """Input index of the centre of each output position's window, along one dimension.
+
+    Window ``p`` covers ``p * stride - padding + dilation * i`` for ``i < kernel_size``; its
+    centre is ``p * stride - padding + dilation * (kernel_size - 1) / 2``, rounded down when the
+    window has an even extent. A centre in the padding (padding larger than half the window)
+    is moved to the nearest input index.
+    """
+    offset = dilation * (kernel_size - 1) // 2 - padding
+    centres = torch.arange(out_size, device=device) * stride + offset
+    return centres.clamp_(0, in_size - 1)
+
+
+def sample_guide(guide: Tensor, kernel_size: Tuple[int, int], stride: Tuple[int, int],
+                 padding: Tuple[int, int], dilation: Tuple[int, int]) -> Tensor:
+    """A guide at a conv's input resolution, taken where the conv samples: at window centres.
+
+    For a conv with this geometry, output pixel ``p`` gets the guide at the input pixel its
+    window is centred on (:func:`window_centres`), not a nearest-neighbour resize, which drifts
+    for odd sizes (rows 0, 1, 3, 5 instead of 0, 2, 4, 6 for ``H = 7``, ``k = 3``, stride 2,
+    padding 1). Gradients flow back to the sampled positions.
+
+    Args:
+        guide (Tensor[B, m, H, W]): guide logits at the conv's input resolution.
+        kernel_size, stride, padding, dilation (Tuple[int, int]): the conv's geometry.
+
+    Returns:
+        Tensor[B, m, Ho, Wo]: the guide at the conv's output resolution.
+    """
+    in_size = tuple(guide.shape[-2:])
+    out_size = conv_output_size(in_size, kernel_size, stride, padding, dilation)
+    for dim, geometry in zip((2, 3), zip(in_size, out_size, kernel_size, stride, padding,
+                                         dilation)):
+        guide = guide.index_select(dim, window_centres(*geometry, device=guide.device))
+    return guide

@@ -1,24 +1,18 @@
+"""Tests of the DRConv2d layer and its filter generators; torch alone, no OpenMMLab."""
 import pytest
 import torch
-from mmcv.cnn import ConvModule, build_conv_layer
-from mmengine.registry import DefaultScope, init_default_scope
+import torch.nn.functional as F
+from torch import nn
 
-from drconv_mmdet.models.layers import BasisFilterGenerator, DRConv2d, PaperFilterGenerator
+from drconv_mmdet.nn import BasisFilterGenerator, DRConv2d, PaperFilterGenerator
 from drconv_mmdet.ops import dr_conv2d
-
-
-@pytest.fixture(autouse=True)
-def mmdet_scope():
-    init_default_scope('mmdet')
 
 
 @pytest.mark.parametrize('generator', ['paper', 'basis'])
 @pytest.mark.parametrize('kernel_size, stride, padding', [(1, 1, 0), (3, 1, 1), (3, 2, 1), (1, 2, 0)])
-def test_build_conv_layer(generator, kernel_size, stride, padding):
-    layer = build_conv_layer(
-        dict(type='DRConv', region_num=4, generator=generator), 6, 5, kernel_size, stride=stride,
-        padding=padding, dilation=1, groups=1, bias=True)
-    assert isinstance(layer, DRConv2d)
+def test_forward_backward_reaches_every_parameter(generator, kernel_size, stride, padding):
+    layer = DRConv2d(6, 5, kernel_size, stride=stride, padding=padding, region_num=4,
+                     generator=generator)
     x = torch.randn(2, 6, 11, 9, requires_grad=True)
     out = layer(x)
     expected_hw = [(s + 2 * padding - kernel_size) // stride + 1 for s in (11, 9)]
@@ -31,35 +25,9 @@ def test_build_conv_layer(generator, kernel_size, stride, padding):
 def test_forward_is_the_op_with_generated_filters():
     layer = DRConv2d(4, 3, 3, padding=1, region_num=5, hidden_channels=10)
     x = torch.randn(2, 4, 7, 6)
-    guide = torch.nn.functional.conv2d(x, layer.guide_weight, layer.guide_bias, padding=1)
+    guide = F.conv2d(x, layer.guide.weight, layer.guide.bias, padding=1)
     expected = dr_conv2d(x, layer.generator(x), guide, layer.bias, padding=1)
     torch.testing.assert_close(layer(x), expected)
-
-
-def test_conv_module():
-    module = ConvModule(8, 6, 3, padding=1, conv_cfg=dict(type='DRConv', region_num=8),
-                        norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU'))
-    assert isinstance(module.conv, DRConv2d)
-    assert module.with_bias is False and module.conv.bias is None
-    out = module(torch.randn(2, 8, 10, 12))
-    assert out.shape == (2, 6, 10, 12)
-    assert (out >= 0).all()
-
-
-def test_registered_without_a_default_scope():
-    with DefaultScope.overwrite_default_scope(None):
-        layer = build_conv_layer(dict(type='DRConv2d', region_num=2), 3, 4, 1)
-    assert isinstance(layer, DRConv2d) and layer.region_num == 2
-
-
-def test_conv_module_keeps_the_layer_init():
-    """ConvModule kaiming-initialises convs without init_weights; ours must be left alone."""
-    torch.manual_seed(0)
-    module = ConvModule(16, 16, 1, conv_cfg=dict(type='DRConv', region_num=4, generator='basis'))
-    module.init_weights()
-    out = module.conv(torch.randn(4, 16, 8, 8))
-    # Variance-preserving init: the output is on the scale of the input, not 0 nor exploding.
-    assert 0.2 < out.std().item() < 3.0
 
 
 @pytest.mark.parametrize('generator', ['paper', 'basis'])
@@ -72,7 +40,7 @@ def test_init_is_variance_preserving(generator):
 
 def test_external_guide_is_resized_and_shared():
     shared = DRConv2d(4, 4, 1, stride=2, region_num=3, with_guide_conv=False)
-    assert shared.guide_weight is None
+    assert shared.guide is None
     assert not any('guide' in name for name, _ in shared.named_parameters())
     x = torch.randn(2, 4, 8, 10)
     guide = torch.randn(2, 3, 8, 10, requires_grad=True)
@@ -91,7 +59,7 @@ def test_external_guide_overrides_own_guide():
     guide[:, 1] = 1.0
     weight = layer.generator(x)
     torch.testing.assert_close(
-        layer(x, guide), torch.nn.functional.conv2d(x, weight[0, 1], layer.bias, padding=1))
+        layer(x, guide), F.conv2d(x, weight[0, 1], layer.bias, padding=1))
 
 
 def test_record_mask():
@@ -111,8 +79,8 @@ def test_state_dict_round_trip():
     layer = DRConv2d(4, 6, 3, padding=1, region_num=4, generator='basis', num_bases=3)
     other = DRConv2d(4, 6, 3, padding=1, region_num=4, generator='basis', num_bases=3)
     assert set(layer.state_dict()) == {
-        'guide_weight', 'guide_bias', 'bias', 'generator.bases', 'generator.routing_weight',
-        'generator.routing_bias'
+        'guide.weight', 'guide.bias', 'bias', 'generator.bases', 'generator.routing.weight',
+        'generator.routing.bias'
     }
     other.load_state_dict(layer.state_dict())
     x = torch.randn(2, 4, 5, 5)
@@ -185,3 +153,153 @@ def test_forward_errors():
     with pytest.raises(ValueError, match='guide is required: this DRConv2d was built with '
                        'with_guide_conv=False'):
         shared(torch.randn(1, 4, 6, 6))
+
+
+# (generator kwargs, kernel_size, stride, padding, dilation)
+FROM_CONV_CASES = [
+    (dict(generator='basis'), 1, 1, 0, 1),
+    (dict(generator='basis'), 3, 2, 1, 1),
+    (dict(generator='basis', num_bases=3), 3, 1, 2, 2),
+    (dict(generator='paper'), 1, 2, 0, 1),
+    (dict(generator='paper', static_kernel=True), 3, 1, 1, 1),
+    (dict(generator='paper', static_kernel=True), (3, 1), 2, (2, 0), (2, 1)),
+]
+
+
+@pytest.mark.parametrize('kwargs, kernel_size, stride, padding, dilation', FROM_CONV_CASES)
+@pytest.mark.parametrize('bias', [True, False])
+def test_from_conv_computes_the_conv(kwargs, kernel_size, stride, padding, dilation, bias):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 4, kernel_size, stride, padding, dilation, bias=bias)
+    layer = DRConv2d.from_conv(conv, region_num=3, **kwargs)
+    assert (layer.in_channels, layer.out_channels) == (5, 4)
+    assert (layer.kernel_size, layer.stride) == (conv.kernel_size, conv.stride)
+    assert (layer.padding, layer.dilation) == (conv.padding, conv.dilation)
+    assert (layer.bias is None) == (not bias)
+    x = torch.randn(2, 5, 9, 7)
+    torch.testing.assert_close(layer(x), conv(x))
+    # Every region computes the conv, whatever the guide picks.
+    filters = layer.generator(x)
+    torch.testing.assert_close(filters, conv.weight.expand_as(filters))
+
+
+def test_from_conv_channels_last_and_non_contiguous_input():
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    layer = DRConv2d.from_conv(conv, region_num=4, generator='basis')
+    x = torch.randn(2, 4, 7, 10)
+    torch.testing.assert_close(layer(x.contiguous(memory_format=torch.channels_last)), conv(x))
+    x_t = torch.randn(2, 4, 10, 7).transpose(2, 3)
+    torch.testing.assert_close(layer(x_t), conv(x_t))
+
+
+def test_from_conv_keeps_dtype_and_empty_batch():
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
+    layer = DRConv2d.from_conv(conv, region_num=2, generator='paper', static_kernel=True)
+    assert all(p.dtype == torch.float64 for p in layer.parameters())
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), conv(x), rtol=1e-12, atol=1e-12)
+    assert layer(x[:0]).shape == (0, 4, 6, 5)
+
+
+def test_from_conv_bias_true_gives_a_zero_bias_to_a_conv_without_one():
+    conv = nn.Conv2d(3, 4, 1, bias=False)
+    layer = DRConv2d.from_conv(conv, region_num=2, bias=True)
+    assert torch.equal(layer.bias, torch.zeros(4))
+    x = torch.randn(1, 3, 5, 5)
+    torch.testing.assert_close(layer(x), conv(x))
+
+
+@pytest.mark.parametrize('padding, expected', [('valid', (0, 0)), ('same', (2, 1))])
+def test_from_conv_resolves_string_padding(padding, expected):
+    conv = nn.Conv2d(3, 4, (5, 3), padding=padding)
+    layer = DRConv2d.from_conv(conv, region_num=2, generator='basis')
+    assert layer.padding == expected
+    x = torch.randn(1, 3, 7, 6)
+    torch.testing.assert_close(layer(x), conv(x))
+
+
+@pytest.mark.parametrize('kwargs', [dict(generator='basis'), dict(static_kernel=True)])
+def test_from_conv_every_parameter_learns(kwargs):
+    """All parameters get a gradient at the first step except the guide conv, whose
+    straight-through gradient is the difference between equal region responses (float noise
+    at the start); after one step the regions differ and the guide learns too."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 3, padding=1)
+    layer = DRConv2d.from_conv(conv, region_num=4, **kwargs)
+    x, target = torch.randn(2, 6, 9, 7), torch.randn(2, 5, 9, 7)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+
+    def step():
+        optimizer.zero_grad()
+        loss = F.mse_loss(layer(x), target)
+        loss.backward()
+        grads = {name: p.grad.abs().max().item() for name, p in layer.named_parameters()}
+        optimizer.step()
+        return loss.item(), grads
+
+    loss0, grads0 = step()
+    assert {name for name, grad in grads0.items() if grad < 1e-6} == {'guide.weight',
+                                                                       'guide.bias'}
+    assert min(grads0.values()) >= 0
+    loss1, grads1 = step()
+    assert loss1 < loss0
+    assert all(grad > 1e-6 for grad in grads1.values()), grads1
+    with torch.no_grad():
+        assert (layer(x) - conv(x)).abs().max() > 1e-3
+
+
+def test_from_conv_basis_starts_with_distinct_bases():
+    """Equal bases would get equal gradients forever; they differ and average to the weight."""
+    conv = nn.Conv2d(4, 3, 3)
+    generator = DRConv2d.from_conv(conv, region_num=2, generator='basis', num_bases=4).generator
+    bases = generator.bases.detach()
+    assert not torch.allclose(bases[0], bases[1])
+    torch.testing.assert_close(bases.mean(dim=0), conv.weight.detach())
+    assert torch.equal(generator.routing.weight, torch.zeros_like(generator.routing.weight))
+
+
+def test_static_kernel_starts_at_zero():
+    layer = DRConv2d(4, 3, 3, region_num=2, static_kernel=True)
+    assert torch.equal(layer.generator.static_weight, torch.zeros(3, 4, 3, 3))
+    assert 'generator.static_weight' in layer.state_dict()
+    assert 'static_kernel=True' in repr(layer)
+    assert DRConv2d(4, 3, 3, region_num=2).generator.static_weight is None
+
+
+@pytest.mark.parametrize('conv, kwargs, error, message', [
+    (nn.Conv2d(4, 4, 3, groups=2), {}, NotImplementedError,
+     r'groups=1 only, but the conv has groups=2'),
+    (nn.ConvTranspose2d(4, 4, 3), {}, NotImplementedError,
+     r'does not support transposed convolutions, but got ConvTranspose2d'),
+    (nn.Linear(4, 4), {}, ValueError, r'conv must be an nn.Conv2d, but got Linear'),
+    (nn.Conv2d(4, 4, 3, padding=1, padding_mode='reflect'), {}, NotImplementedError,
+     r"pads with zeros only, but the conv has padding_mode='reflect'"),
+    (nn.Conv2d(4, 4, 2, padding='same'), {}, NotImplementedError,
+     r"padding='same' pads one side more .* kernel_size=\(2, 2\) and dilation=\(1, 1\)"),
+    (nn.Conv2d(4, 4, 3), dict(kernel_size=1, stride=2), ValueError,
+     r'from_conv takes kernel_size, stride from the conv; expected them out of drconv_kwargs'),
+    (nn.Conv2d(4, 4, 1), dict(bias=False), ValueError,
+     r'bias=False would drop the bias of the conv'),
+    (nn.Conv2d(4, 4, 3), dict(generator='paper'), ValueError,
+     r"the paper generator cannot start from a \(3, 3\) kernel: its expand bias is shared by "
+     r"the taps. Use generator='basis' or static_kernel=True"),
+])
+def test_from_conv_errors(conv, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        DRConv2d.from_conv(conv, region_num=2, **kwargs)
+
+
+def test_init_from_conv_errors():
+    layer = DRConv2d(4, 3, 1, region_num=2, generator='basis', bias=False)
+    with pytest.raises(ValueError, match=r'bias was given, but this DRConv2d was built with '
+                       r'bias=False'):
+        layer.init_from_conv(torch.randn(3, 4, 1, 1), torch.randn(3))
+    with pytest.raises(ValueError, match=r'weight must have shape \(O, C, kh, kw\) = '
+                       r'\(3, 4, 1, 1\), but got \(3, 4, 3, 3\)'):
+        layer.init_from_conv(torch.randn(3, 4, 3, 3))
+    biased = DRConv2d(4, 3, 1, region_num=2)
+    with pytest.raises(ValueError, match=r'bias must have shape \(3,\), but got \(4,\)'):
+        biased.init_from_conv(torch.randn(3, 4, 1, 1), torch.randn(4))
+    with pytest.raises(ValueError, match=r"static_kernel=True needs the 'paper' generator, but "
+                       r"got generator='basis'"):
+        DRConv2d(4, 3, 1, generator='basis', static_kernel=True)
