@@ -8,7 +8,7 @@ each region's pixels are gathered from the padded input and multiplied by that r
 only. Sizes are read from tensors, never turned into Python numbers, so that nothing of the
 example input's shape is frozen into the graph.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,31 @@ from torch import Tensor
 
 from .geometry import IntPair, as_pair
 
-__all__ = ['dr_conv2d_lowered']
+__all__ = ['dr_conv2d_lowered', 'adaptive_avg_pool2d_lowered']
+
+
+def _bin_average(size: Tensor, bins: int, device: torch.device) -> Tensor:
+    """(bins, size): row i averages the inputs of adaptive pooling's bin i,
+    ``[floor(i * size / bins), ceil((i + 1) * size / bins))``."""
+    index = torch.arange(bins, device=device).unsqueeze(1)
+    begin = index * size // bins
+    end = ((index + 1) * size + bins - 1) // bins
+    position = torch.arange(size, device=device)
+    inside = (position >= begin) & (position < end)
+    return inside.float() / (end - begin).float()
+
+
+def adaptive_avg_pool2d_lowered(input: Tensor, output_size: Tuple[int, int]) -> Tensor:
+    """``F.adaptive_avg_pool2d`` as two ``MatMul`` with averaging matrices built from the input's
+    size, so that it exports for any input size.
+
+    The TorchScript exporter refuses adaptive pooling to a size that does not divide the input's,
+    and the dynamo exporter freezes the example's bins into the graph, wrong for other sizes.
+    """
+    height, width = input.shape[2:]
+    rows = _bin_average(height, output_size[0], input.device).to(input.dtype)
+    cols = _bin_average(width, output_size[1], input.device).to(input.dtype)
+    return rows @ input @ cols.transpose(0, 1)
 
 
 def _region_ranks(region: Tensor, num_regions: int):
