@@ -1,3 +1,6 @@
-from .dr_conv2d import DRConv2dFunction, conv_output_size, dr_conv2d, dr_conv2d_reference
+from .dr_conv2d import (JIT_NODE_KIND, DRConv2dFunction, conv_output_size, dr_conv2d,
+                        dr_conv2d_reference)
 
-__all__ = ['dr_conv2d', 'dr_conv2d_reference', 'DRConv2dFunction', 'conv_output_size']
+__all__ = [
+    'dr_conv2d', 'dr_conv2d_reference', 'DRConv2dFunction', 'conv_output_size', 'JIT_NODE_KIND'
+]

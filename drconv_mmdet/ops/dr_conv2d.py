@@ -7,22 +7,33 @@ the guided feature at that pixel. The forward pass therefore does the work of a 
 output pixels are bucketed by region and each bucket is one matrix product with its region's filter.
 The guided feature gets the paper's straight-through gradient (softmax in place of the argmax).
 """
-from typing import Optional
+import warnings
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .geometry import Geometry, IntPair, as_pair, conv_output_size
-from .region_products import region_conv_forward, region_conv_backward
+from ..torch_compat import get_autocast_dtype, is_autocast_enabled
+from .geometry import Geometry, IntPair, as_pair, conv_output_size, make_geometry
+from .region_products import region_conv_backward, region_conv_forward
 
-__all__ = ['dr_conv2d', 'dr_conv2d_reference', 'DRConv2dFunction', 'conv_output_size']
+__all__ = [
+    'dr_conv2d', 'dr_conv2d_reference', 'DRConv2dFunction', 'conv_output_size', 'JIT_NODE_KIND'
+]
+
+# torch >= 2.4 registers the op with torch.library (``torch.ops.drconv.dr_conv2d``), which
+# torch.compile, fake tensors and opcheck understand; older torch runs the same kernels through
+# DRConv2dFunction.
+USE_CUSTOM_OP = hasattr(torch.library, 'custom_op')
+# What torch.jit.trace records for a DRConv (mmengine's FLOP counter matches ops by this name).
+JIT_NODE_KIND = 'drconv::dr_conv2d' if USE_CUSTOM_OP else 'prim::PythonOp.DRConv2dFunction'
 
 
 class DRConv2dFunction(torch.autograd.Function):
-    """Autograd function of :func:`dr_conv2d`: hard-assignment forward, straight-through
-    backward."""
+    """Autograd function of :func:`dr_conv2d` on torch < 2.4: hard-assignment forward,
+    straight-through backward."""
 
     @staticmethod
     def forward(ctx, input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
@@ -42,6 +53,117 @@ class DRConv2dFunction(torch.autograd.Function):
         return (*grads, None)
 
 
+def _conv_memory_format(tensor: Tensor) -> torch.memory_format:
+    """The layout nn.Conv2d gives a result computed from ``tensor``: channels-last for a
+    channels-last 4-D tensor, else contiguous."""
+    if (tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+            and not tensor.is_contiguous()):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _op_geometry(input: Tensor, weight: Tensor, stride: List[int], padding: List[int],
+                 dilation: List[int]) -> Geometry:
+    return make_geometry(input.shape[-2:], weight.shape[-2:], stride, padding, dilation)
+
+
+# The registered op. Its arguments are validated by dr_conv2d; the geometry travels as int
+# lists, which the op schema can hold. Outputs get fixed layouts (the fake kernels promise them
+# to torch.compile): the op's output and the gradients of 4-D tensors follow
+# _conv_memory_format, the other gradients are contiguous.
+
+
+def _op_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
+                stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
+    geo = _op_geometry(input, weight, stride, padding, dilation)
+    output = region_conv_forward(input, weight, guide, bias, geo)
+    return output.contiguous(memory_format=_conv_memory_format(input))
+
+
+def _op_forward_fake(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
+                     stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
+    geo = _op_geometry(input, weight, stride, padding, dilation)
+    return input.new_empty((input.shape[0], weight.shape[2], *geo.out_size)).contiguous(
+        memory_format=_conv_memory_format(input))
+
+
+def _op_backward(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tensor,
+                 stride: List[int], padding: List[int], dilation: List[int],
+                 output_mask: List[bool]) -> List[Tensor]:
+    """The gradients for ``(input, weight, guide, bias)`` that ``output_mask`` asks for, in
+    that order (a schema cannot return None)."""
+    geo = _op_geometry(input, weight, stride, padding, dilation)
+    grads = region_conv_backward(grad_output, input, weight, guide, geo, *output_mask)
+    likes = _gradient_likes(grad_output, input, weight, guide)
+    return [
+        grad.contiguous(memory_format=_conv_memory_format(like))
+        for grad, like, needed in zip(grads, likes, output_mask) if needed
+    ]
+
+
+def _op_backward_fake(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tensor,
+                      stride: List[int], padding: List[int], dilation: List[int],
+                      output_mask: List[bool]) -> List[Tensor]:
+    likes = _gradient_likes(grad_output, input, weight, guide)
+    return [
+        torch.empty_like(like, memory_format=_conv_memory_format(like))
+        for like, needed in zip(likes, output_mask) if needed
+    ]
+
+
+def _gradient_likes(grad_output: Tensor, input: Tensor, weight: Tensor,
+                    guide: Tensor) -> Tuple[Tensor, ...]:
+    """Tensors with the shape and dtype of the gradients of ``(input, weight, guide, bias)``;
+    the bias (O,) has the dtype of the output."""
+    return input, weight, guide, grad_output.new_empty((weight.shape[2], ))
+
+
+def _op_setup_context(ctx, inputs: Tuple, output: Tensor) -> None:
+    input, weight, guide, bias, stride, padding, dilation = inputs
+    ctx.save_for_backward(input, weight, guide)
+    ctx.geometry = (stride, padding, dilation)
+    ctx.has_bias = bias is not None
+
+
+def _op_autograd_backward(ctx, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
+    input, weight, guide = ctx.saved_tensors
+    need_input, need_weight, need_guide, need_bias = ctx.needs_input_grad[:4]
+    output_mask = [need_input, need_weight, need_guide, need_bias and ctx.has_bias]
+    grads = iter(
+        torch.ops.drconv.dr_conv2d_backward(grad_output, input, weight, guide, *ctx.geometry,
+                                            output_mask))
+    return (*(next(grads) if needed else None for needed in output_mask), None, None, None)
+
+
+if USE_CUSTOM_OP:
+    torch.library.custom_op('drconv::dr_conv2d', _op_forward,
+                            mutates_args=()).register_fake(_op_forward_fake)
+    torch.library.custom_op('drconv::dr_conv2d_backward', _op_backward,
+                            mutates_args=()).register_fake(_op_backward_fake)
+    torch.library.register_autograd('drconv::dr_conv2d', _op_autograd_backward,
+                                    setup_context=_op_setup_context)
+
+
+def _region_conv(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
+                 geo: Geometry) -> Tensor:
+    if USE_CUSTOM_OP:
+        return torch.ops.drconv.dr_conv2d(input, weight, guide, bias, list(geo.stride),
+                                          list(geo.padding), list(geo.dilation))
+    return DRConv2dFunction.apply(input, weight, guide, bias, geo)
+
+
+def _sizes(tensor: Tensor) -> Tuple[int, ...]:
+    if not torch.jit.is_tracing():
+        # Sizes stay as they are, so that torch.compile keeps dynamic sizes symbolic.
+        return tuple(tensor.shape)
+    # Under torch.jit.trace (FLOP counting) sizes are traced tensors. The checks only need their
+    # values and the recorded op takes no size, so the tracer's warning about reading them does
+    # not apply.
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        return tuple(int(s) for s in tensor.shape)
+
+
 def _check_args(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
                 stride: IntPair, padding: IntPair, dilation: IntPair) -> Geometry:
     if input.dim() != 4:
@@ -51,17 +173,25 @@ def _check_args(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Ten
                          f'{tuple(weight.shape)}')
     if guide.dim() != 4:
         raise ValueError(f'guide must be 4-D (B, m, Ho, Wo), but got shape {tuple(guide.shape)}')
-    batch, channels = input.shape[:2]
-    if weight.shape[0] != batch or weight.shape[3] != channels:
+    input_shape, weight_shape, guide_shape = _sizes(input), _sizes(weight), _sizes(guide)
+    batch, channels = input_shape[:2]
+    if weight_shape[0] != batch or weight_shape[3] != channels:
         raise ValueError(
             f'weight must have shape (B={batch}, m, O, C={channels}, kh, kw) to match input, but '
-            f'got {tuple(weight.shape)}')
-    num_regions, out_channels = weight.shape[1:3]
+            f'got {weight_shape}')
+    num_regions, out_channels = weight_shape[1:3]
     if num_regions < 1 or out_channels < 1:
         raise ValueError(f'weight must have at least one region and one output channel, but got '
-                         f'shape {tuple(weight.shape)}')
-    if bias is not None and tuple(bias.shape) != (out_channels, ):
+                         f'shape {weight_shape}')
+    if bias is not None and _sizes(bias) != (out_channels, ):
         raise ValueError(f'bias must have shape ({out_channels},), but got {tuple(bias.shape)}')
+    named = {'input': input, 'weight': weight, 'guide': guide, 'bias': bias}
+    devices = {name: tensor.device for name, tensor in named.items() if tensor is not None}
+    if len(set(devices.values())) > 1:
+        names = list(devices)
+        raise ValueError(f'{", ".join(names[:-1])} and {names[-1]} must be on one device, but '
+                         'got ' + ', '.join(f'{name} on {device}'
+                                            for name, device in devices.items()))
     if not input.is_floating_point():
         raise ValueError(f'input must be a floating point tensor, but got {input.dtype}')
     for name, tensor in (('weight', weight), ('bias', bias)):
@@ -70,21 +200,26 @@ def _check_args(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Ten
                              f'{tensor.dtype}')
     if not guide.is_floating_point():
         raise ValueError(f'guide must be a floating point tensor of logits, but got {guide.dtype}')
-    # Plain ints: under torch.jit tracing (FLOP counting) sizes are tensors, which the traced
-    # autograd node cannot hold as constant arguments.
-    kernel = tuple(int(k) for k in weight.shape[-2:])
-    geo_args = (kernel, as_pair(stride, 'stride', 1), as_pair(padding, 'padding', 0),
-                as_pair(dilation, 'dilation', 1))
-    out_size = conv_output_size(tuple(int(s) for s in input.shape[-2:]), *geo_args)
-    if min(out_size) < 1:
-        raise ValueError(f'input of spatial size {tuple(input.shape[-2:])} is too small for kernel '
-                         f'{tuple(weight.shape[-2:])} with stride {geo_args[1]}, padding '
-                         f'{geo_args[2]} and dilation {geo_args[3]}')
-    expected_guide = (batch, num_regions, *out_size)
-    if tuple(guide.shape) != expected_guide:
+    geo = make_geometry(input_shape[-2:], weight_shape[-2:], as_pair(stride, 'stride', 1),
+                        as_pair(padding, 'padding', 0), as_pair(dilation, 'dilation', 1))
+    if min(geo.out_size) < 1:
+        raise ValueError(f'input of spatial size {input_shape[-2:]} is too small for kernel '
+                         f'{geo.kernel} with stride {geo.stride}, padding {geo.padding} and '
+                         f'dilation {geo.dilation}')
+    expected_guide = (batch, num_regions, *geo.out_size)
+    if guide_shape != expected_guide:
         raise ValueError(f'guide must have shape (B, m, Ho, Wo) = {expected_guide}, but got '
-                         f'{tuple(guide.shape)}')
-    return Geometry(*geo_args, out_size)
+                         f'{guide_shape}')
+    return geo
+
+
+def _autocast(tensor: Optional[Tensor], device_type: str, dtype: torch.dtype) -> Optional[Tensor]:
+    """``tensor`` as autocast casts an argument of nn.Conv2d: floating point tensors of the
+    autocast device go to ``dtype``; float64 is never cast down."""
+    if (tensor is None or not tensor.is_floating_point() or tensor.dtype == torch.float64
+            or tensor.device.type != device_type):
+        return tensor
+    return tensor.to(dtype)
 
 
 def dr_conv2d(input: Tensor,
@@ -106,9 +241,14 @@ def dr_conv2d(input: Tensor,
     through the softmax (Eq. 8). It equals autograd of ``sum_j P_j * Y_j`` with ``input`` and
     ``weight`` detached, and costs ``m`` convolutions of work, done one region at a time.
 
-    Under autocast, ``input``, ``weight`` and ``bias`` are cast to the autocast dtype, like
-    :func:`torch.nn.functional.conv2d`; ``guide`` keeps its dtype since its argmax and softmax
-    are what decide the regions.
+    Under autocast, ``input``, ``weight`` and ``bias`` are cast to the autocast dtype before
+    they are checked, as :func:`torch.nn.functional.conv2d` casts them (float64 stays float64);
+    ``guide`` keeps its dtype, since its argmax and softmax decide the regions. Outside
+    autocast, ``weight`` and ``bias`` must have the dtype of ``input``.
+
+    On torch >= 2.4 this calls the registered op ``torch.ops.drconv.dr_conv2d`` (with
+    ``torch.ops.drconv.dr_conv2d_backward`` for the gradients), so that it works with
+    ``torch.compile`` and fake tensors.
 
     Args:
         input (Tensor[B, C, H, W]): input features.
@@ -116,12 +256,16 @@ def dr_conv2d(input: Tensor,
         guide (Tensor[B, m, Ho, Wo]): guided feature (logits, before any softmax) at the output
             resolution; its argmax over dim 1 is the guided mask.
         bias (Tensor[O], optional): bias added to every output pixel. Default: None.
-        stride (int or Tuple[int, int]): stride of the convolution. Default: 1.
+        stride (int or Tuple[int, int]): stride of the convolution (ints, numpy ints
+            included; not bools). Default: 1.
         padding (int or Tuple[int, int]): zero padding on both sides. Default: 0.
         dilation (int or Tuple[int, int]): spacing between kernel elements. Default: 1.
 
     Returns:
-        Tensor[B, O, Ho, Wo]: the region-wise convolution.
+        Tensor[B, O, Ho, Wo]: the region-wise convolution, channels-last when ``input`` is.
+
+    Raises:
+        ValueError: for a wrong shape, dtype, device or geometry, naming the argument.
 
     Examples::
         >>> x = torch.randn(2, 4, 9, 8)
@@ -131,15 +275,17 @@ def dr_conv2d(input: Tensor,
         >>> dr_conv2d(x, weight, guide, stride=2, padding=1).shape
         torch.Size([2, 5, 5, 4])
     """
-    geo = _check_args(input, weight, guide, bias, stride, padding, dilation)
     device_type = input.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        input, weight = input.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-        with torch.autocast(device_type, enabled=False):
-            return DRConv2dFunction.apply(input, weight, guide, bias, geo)
-    return DRConv2dFunction.apply(input, weight, guide, bias, geo)
+    autocast = is_autocast_enabled(device_type)
+    if autocast:
+        dtype = get_autocast_dtype(device_type)
+        input, weight, bias = (_autocast(t, device_type, dtype) for t in (input, weight, bias))
+    geo = _check_args(input, weight, guide, bias, stride, padding, dilation)
+    if not autocast:
+        return _region_conv(input, weight, guide, bias, geo)
+    # The kernels run in the dtype chosen above, with the guide in its own.
+    with torch.autocast(device_type, enabled=False):
+        return _region_conv(input, weight, guide, bias, geo)
 
 
 def dr_conv2d_reference(input: Tensor,

@@ -17,12 +17,14 @@ from mmengine.analysis.jit_handles import (addmm_flop_jit, bmm_flop_jit, conv_fl
                                            matmul_flop_jit)
 from torch import Tensor, nn
 
+from drconv_mmdet.ops import JIT_NODE_KIND
+
 __all__ = ['MaddAnalyzer', 'count_madds', 'DRCONV_OP', 'DRCONV_OP_NAME']
 
 ModelInputs = Union[Tensor, Tuple[Tensor, ...]]
 
-# How torch.jit records DRConv2dFunction, the autograd function behind every DRConv.
-DRCONV_OP = 'prim::PythonOp.DRConv2dFunction'
+# How torch.jit records the op behind every DRConv (its inputs start with input and weight).
+DRCONV_OP = JIT_NODE_KIND
 # The name under which MaddAnalyzer.by_operator() reports the region-wise convolution.
 DRCONV_OP_NAME = 'drconv'
 
