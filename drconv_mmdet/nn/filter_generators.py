@@ -39,10 +39,12 @@ def _target_std(in_channels: int, kernel_size: Tuple[int, int]) -> float:
     return 1.0 / math.sqrt(in_channels * kernel_size[0] * kernel_size[1])
 
 
-def _check_conv_weight(weight: Tensor, shape: Tuple[int, ...]) -> None:
+def _conv_weight(weight: Tensor, shape: Tuple[int, ...], like: Tensor) -> Tensor:
+    """``weight`` checked against ``shape``, on the device and in the dtype of ``like``."""
     if tuple(weight.shape) != shape:
         raise ValueError(f'weight must have shape (O, C, kh, kw) = {shape}, but got '
                          f'{tuple(weight.shape)}')
+    return weight.to(device=like.device, dtype=like.dtype)
 
 
 class PaperFilterGenerator(nn.Module):
@@ -116,7 +118,7 @@ class PaperFilterGenerator(nn.Module):
         Args:
             weight (Tensor[O, C, kh, kw]): the kernel to start from.
         """
-        _check_conv_weight(weight, (*self.shape[1:], *self.kernel_size))
+        weight = _conv_weight(weight, (*self.shape[1:], *self.kernel_size), self.expand.bias)
         if self.static_kernel:
             self.static_weight.copy_(weight)
             target = torch.zeros_like(self.expand.bias)
@@ -199,7 +201,7 @@ class BasisFilterGenerator(nn.Module):
         Args:
             weight (Tensor[O, C, kh, kw]): the kernel to start from.
         """
-        _check_conv_weight(weight, self.shape[1:])
+        weight = _conv_weight(weight, self.shape[1:], self.bases)
         spread = self.bases - self.bases.mean(dim=0, keepdim=True)
         self.bases.copy_(weight + spread / math.sqrt(self.num_bases))
         nn.init.zeros_(self.routing.weight)

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drconv_mmdet.nn import BasisFilterGenerator, DRConv2d, PaperFilterGenerator
+from drconv_mmdet.nn.drconv2d import sample_guide, window_centres
 from drconv_mmdet.ops import dr_conv2d
 
 
@@ -38,7 +39,7 @@ def test_init_is_variance_preserving(generator):
     assert 0.4 < out.std().item() < 1.6
 
 
-def test_external_guide_is_resized_and_shared():
+def test_external_guide_is_sampled_and_shared():
     shared = DRConv2d(4, 4, 1, stride=2, region_num=3, with_guide_conv=False)
     assert shared.guide is None
     assert not any('guide' in name for name, _ in shared.named_parameters())
@@ -303,3 +304,56 @@ def test_init_from_conv_errors():
     with pytest.raises(ValueError, match=r"static_kernel=True needs the 'paper' generator, but "
                        r"got generator='basis'"):
         DRConv2d(4, 3, 1, generator='basis', static_kernel=True)
+
+
+def _centre_rows(size, kernel_size, stride, padding, dilation):
+    """Hand-written window centres: the middle tap of each window, clamped into the input."""
+    out = (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+    rows = []
+    for p in range(out):
+        taps = [p * stride - padding + dilation * i for i in range(kernel_size)]
+        rows.append(min(max(taps[(kernel_size - 1) // 2], 0), size - 1))
+    return rows
+
+
+@pytest.mark.parametrize('size, kernel_size, stride, padding, dilation, expected', [
+    (7, 3, 2, 1, 1, [0, 2, 4, 6]),
+    (9, 5, 3, 2, 1, [0, 3, 6]),
+    (8, 3, 2, 1, 2, [1, 3, 5]),
+    (7, 1, 2, 1, 1, [0, 1, 3, 5, 6]),
+])
+def test_window_centres(size, kernel_size, stride, padding, dilation, expected):
+    assert _centre_rows(size, kernel_size, stride, padding, dilation) == expected
+    assert window_centres(size, len(expected), kernel_size, stride, padding, dilation,
+                          torch.device('cpu')).tolist() == expected
+
+
+@pytest.mark.parametrize('kernel_size, stride, padding, dilation', [
+    (3, 2, 1, 1), ((3, 5), (2, 3), (1, 2), 1), (3, 2, 2, 2), (1, 2, 0, 1), (3, 3, 0, 1)])
+def test_external_guide_at_input_size_is_taken_at_window_centres(kernel_size, stride, padding,
+                                                                 dilation):
+    layer = DRConv2d(3, 4, kernel_size, stride, padding, dilation, region_num=3,
+                     with_guide_conv=False)
+    x = torch.randn(2, 3, 7, 9)
+    guide = torch.randn(2, 3, 7, 9, requires_grad=True)
+    rows = _centre_rows(7, *(layer.kernel_size[0], layer.stride[0], layer.padding[0],
+                             layer.dilation[0]))
+    cols = _centre_rows(9, *(layer.kernel_size[1], layer.stride[1], layer.padding[1],
+                             layer.dilation[1]))
+    expected_guide = guide[:, :, rows][:, :, :, cols]
+    torch.testing.assert_close(
+        sample_guide(guide, layer.kernel_size, layer.stride, layer.padding, layer.dilation),
+        expected_guide)
+    out = layer(x, guide)
+    torch.testing.assert_close(
+        out, dr_conv2d(x, layer.generator(x), expected_guide, layer.bias, layer.stride,
+                       layer.padding, layer.dilation))
+    out.square().sum().backward()
+    assert guide.grad.abs().sum() > 0
+
+
+def test_external_guide_of_another_size_is_refused():
+    layer = DRConv2d(3, 4, 3, stride=2, padding=1, region_num=2, with_guide_conv=False)
+    with pytest.raises(ValueError, match=r'guide must have the output size \(4, 5\) or the '
+                       r'input size \(7, 9\) of this layer, but got size \(5, 5\)'):
+        layer(torch.randn(1, 3, 7, 9), torch.randn(1, 2, 5, 5))
