@@ -6,9 +6,9 @@ from typing import Optional, Sequence
 
 from mmengine.config import Config, DictAction
 
-from .checkpoint_loading import trust_local_checkpoints
-from .distributed import setup_cpu_distributed
+from .checkpoint_loading import allow_mmengine_checkpoints
 from .dataset_check import check_dataset_files
+from .distributed import setup_cpu_distributed
 
 __all__ = ['add_runner_arguments', 'load_tool_config']
 
@@ -46,8 +46,9 @@ def load_tool_config(config: str,
     """Loads a config as mmdet's tools do, plus what this stack needs.
 
     ``--cfg-options`` are merged, ``launcher`` set, ``work_dir`` resolved (command line, then the
-    config, then ``./work_dirs/<config name>``), mmengine checkpoints made loadable on torch >= 2.6,
-    a gloo process group started for torchrun on CPU, and the dataset files of ``loaders`` checked.
+    config, then ``./work_dirs/<config name>``), mmengine checkpoints made loadable with torch's
+    ``weights_only=True`` default (torch >= 2.6), a gloo process group started for torchrun on
+    CPU, and the dataset files of ``loaders`` checked.
     """
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file {config!r} does not exist')
@@ -59,7 +60,7 @@ def load_tool_config(config: str,
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
-    trust_local_checkpoints()
+    allow_mmengine_checkpoints()
     setup_cpu_distributed(cfg, launcher)
     check_dataset_files(cfg, tuple(loaders))
     return cfg

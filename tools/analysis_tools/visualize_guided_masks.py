@@ -26,7 +26,7 @@ except ImportError as e:
              '`pip install -e .` from the repository root.')
 
 from drconv_mmdet.models.layers import DRConv2d
-from drconv_mmdet.utils import trust_local_checkpoints
+from drconv_mmdet.utils import allow_mmengine_checkpoints
 from drconv_mmdet.visualization import crop_to_image, draw_guided_mask
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -70,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     images = find_images(args.images)
-    trust_local_checkpoints()
+    allow_mmengine_checkpoints()
     model = init_detector(args.config, args.checkpoint, device=args.device,
                           cfg_options=args.cfg_options)
     layers = {name: module for name, module in model.named_modules()
