@@ -19,15 +19,15 @@ from .geometry import IntPair, as_pair
 __all__ = ['dr_conv2d_lowered', 'adaptive_avg_pool2d_lowered']
 
 
-def _bin_average(size: Tensor, bins: int, device: torch.device) -> Tensor:
+def _bin_average(size: Tensor, bins: int, like: Tensor) -> Tensor:
     """(bins, size): row i averages the inputs of adaptive pooling's bin i,
     ``[floor(i * size / bins), ceil((i + 1) * size / bins))``."""
-    index = torch.arange(bins, device=device).unsqueeze(1)
+    index = torch.arange(bins, device=like.device).unsqueeze(1)
     begin = index * size // bins
     end = ((index + 1) * size + bins - 1) // bins
-    position = torch.arange(size, device=device)
+    position = torch.arange(size, device=like.device)
     inside = (position >= begin) & (position < end)
-    return inside.float() / (end - begin).float()
+    return inside.to(like.dtype) / (end - begin).to(like.dtype)
 
 
 def adaptive_avg_pool2d_lowered(input: Tensor, output_size: Tuple[int, int]) -> Tensor:
@@ -38,8 +38,8 @@ def adaptive_avg_pool2d_lowered(input: Tensor, output_size: Tuple[int, int]) -> 
     and the dynamo exporter freezes the example's bins into the graph, wrong for other sizes.
     """
     height, width = input.shape[2:]
-    rows = _bin_average(height, output_size[0], input.device).to(input.dtype)
-    cols = _bin_average(width, output_size[1], input.device).to(input.dtype)
+    rows = _bin_average(height, output_size[0], input)
+    cols = _bin_average(width, output_size[1], input)
     return rows @ input @ cols.transpose(0, 1)
 
 
