@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from drconv_mmdet.ops.onnx_lowering import adaptive_avg_pool2d
+
 __all__ = ['WeightAndBias', 'PaperFilterGenerator', 'BasisFilterGenerator']
 
 
@@ -142,7 +144,7 @@ class PaperFilterGenerator(nn.Module):
         Returns:
             Tensor[B, m, O, C, kh, kw]: one filter per sample and region.
         """
-        pooled = F.adaptive_avg_pool2d(x, self.kernel_size)
+        pooled = adaptive_avg_pool2d(x, self.kernel_size)
         hidden = torch.sigmoid(F.conv2d(pooled, self.reduce.weight, self.reduce.bias))
         filters = F.conv2d(hidden, self.expand.weight, self.expand.bias, groups=self.region_num)
         filters = filters.view(x.shape[0], *self.shape, *self.kernel_size)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .geometry import IntPair, as_pair
 
-__all__ = ['dr_conv2d_lowered', 'adaptive_avg_pool2d_lowered']
+__all__ = ['dr_conv2d_lowered', 'adaptive_avg_pool2d_lowered', 'adaptive_avg_pool2d']
 
 
 def _bin_average(size: Tensor, bins: int, like: Tensor) -> Tensor:
@@ -41,6 +41,14 @@ def adaptive_avg_pool2d_lowered(input: Tensor, output_size: Tuple[int, int]) -> 
     rows = _bin_average(height, output_size[0], input)
     cols = _bin_average(width, output_size[1], input)
     return rows @ input @ cols.transpose(0, 1)
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size: Tuple[int, int]) -> Tensor:
+    """``F.adaptive_avg_pool2d``, or :func:`adaptive_avg_pool2d_lowered` while exporting to
+    ONNX."""
+    if torch.onnx.is_in_onnx_export():
+        return adaptive_avg_pool2d_lowered(input, output_size)
+    return F.adaptive_avg_pool2d(input, output_size)
 
 
 def _region_ranks(region: Tensor, num_regions: int):
