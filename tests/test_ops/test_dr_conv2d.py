@@ -1,15 +1,21 @@
 import importlib
 import itertools
+import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
 
-from drconv_mmdet.ops import conv_output_size, dr_conv2d, dr_conv2d_reference
+from drconv_mmdet.ops import JIT_NODE_KIND, conv_output_size, dr_conv2d, dr_conv2d_reference
+from drconv_mmdet.ops.geometry import as_pair
 
 # The kernels' module, whose band floor a test lowers.
 op_module = importlib.import_module('drconv_mmdet.ops.region_products')
+# The entry point's module, whose choice between the registered op and the autograd function a
+# test switches.
+entry_module = importlib.import_module('drconv_mmdet.ops.dr_conv2d')
 
 # (kernel, stride, padding, dilation): asymmetric on purpose, so that H/W mix-ups fail.
 GEOMETRIES = [
@@ -205,27 +211,82 @@ def test_float32_matches_float64():
                                atol=1e-5)
 
 
-def test_bfloat16_autocast():
+def cpu_autocast_supports(dtype):
+    """CPU autocast disables itself, with a warning, for a dtype it does not support: float16
+    came after bfloat16 (pytorch#112484), torch 2.1 has bfloat16 only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        with torch.autocast('cpu', dtype=dtype):
+            return torch.is_autocast_cpu_enabled() if not hasattr(
+                torch, 'get_autocast_dtype') else torch.is_autocast_enabled('cpu')
+
+
+LOW_PRECISION = [
+    torch.bfloat16,
+    pytest.param(torch.float16, marks=pytest.mark.skipif(
+        not cpu_autocast_supports(torch.float16),
+        reason=f'CPU autocast has no float16 in torch {torch.__version__}')),
+]
+
+
+@pytest.mark.parametrize('dtype', LOW_PRECISION)
+def test_autocast_casts_like_conv2d(dtype):
+    """Inside a model the generated filters come in the autocast dtype and the layer's bias in
+    float32: both are cast before the dtype checks, as F.conv2d casts its arguments."""
     x, weight, guide, bias, *geo = make_args(2, 4, GEOMETRIES[2], dtype=torch.float32)
-    x.requires_grad_()
-    weight.requires_grad_()
-    guide.requires_grad_()
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = dr_conv2d(x, weight, guide, bias, *geo)
-    assert out.dtype == torch.bfloat16
-    expected = dr_conv2d(x, weight, guide, bias, *geo)
-    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.1)
+    leaves = [t.requires_grad_() for t in (x, weight, guide, bias)]
+    with torch.autocast('cpu', dtype=dtype):
+        out = dr_conv2d(x, weight.to(dtype), guide, bias, *geo)
+        conv = F.conv2d(x, weight[0, 0], bias)
+    assert out.dtype == conv.dtype == dtype
+    expected = dr_conv2d(*(t.detach().to(dtype) for t in (x, weight)), guide.detach(),
+                         bias.detach().to(dtype), *geo)
+    torch.testing.assert_close(out, expected)
     out.float().sum().backward()
-    for t in (x, weight, guide):
+    for t in leaves:
         assert t.grad.dtype == torch.float32 and torch.isfinite(t.grad).all()
+        assert t.grad.abs().sum() > 0
 
 
-def test_float16():
-    x, weight, guide, bias, *geo = make_args(2, 4, GEOMETRIES[2], dtype=torch.float32)
-    out = dr_conv2d(x.half(), weight.half(), guide.half(), bias.half(), *geo)
-    assert out.dtype == torch.float16
-    torch.testing.assert_close(out.float(), dr_conv2d(x, weight, guide.half().float(), bias, *geo),
-                               rtol=0.01, atol=0.05)
+def test_autocast_keeps_the_guide_dtype():
+    """The regions come from the float32 guide: these two logits are equal in bfloat16."""
+    x, weight, _, _, *geo = make_args(2, 2, GEOMETRIES[2], dtype=torch.float32)
+    guide = torch.ones(2, 2, HEIGHT, WIDTH)
+    guide[:, 1] += 1e-4
+    assert guide.bfloat16()[:, 1].eq(guide.bfloat16()[:, 0]).all()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = dr_conv2d(x, weight, guide, None, *geo)
+    expected = torch.cat([F.conv2d(x[b:b + 1], weight[b, 1], padding=1) for b in range(2)])
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.1)
+    assert (out.float() - expected).abs().max() < (out.float() - torch.cat(
+        [F.conv2d(x[b:b + 1], weight[b, 0], padding=1) for b in range(2)])).abs().max()
+
+
+def test_autocast_leaves_float64_alone():
+    args = make_args(2, 3, GEOMETRIES[1])
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = dr_conv2d(*args)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, dr_conv2d(*args))
+    x, weight, guide, bias, *geo = args
+    with torch.autocast('cpu', dtype=torch.bfloat16), pytest.raises(
+            ValueError, match=r'weight must have the dtype of input \(torch.float64\), but got '
+            r'torch.bfloat16'):
+        dr_conv2d(x, weight.float(), guide, bias, *geo)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_cuda_autocast(dtype):
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        pytest.skip('this CUDA device has no bfloat16')
+    x, weight, guide, bias, *geo = (t.cuda() if isinstance(t, torch.Tensor) else t
+                                    for t in make_args(2, 4, GEOMETRIES[2], dtype=torch.float32))
+    with torch.autocast('cuda', dtype=dtype):
+        out = dr_conv2d(x, weight.to(dtype), guide, bias, *geo)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), dr_conv2d(x, weight, guide, bias, *geo), rtol=0.05,
+                               atol=0.1)
 
 
 def test_bands_match_reference(monkeypatch):
@@ -257,12 +318,25 @@ def _valid():
     (dict(weight=torch.randn(1, 4, 6, 3, 3, 3)), r'weight must have shape \(B=2'),
     (dict(weight=torch.randn(2, 0, 6, 3, 3, 3)), r'at least one region'),
     (dict(bias=torch.randn(5)), r'bias must have shape \(6,\), but got \(5,\)'),
-    (dict(input=torch.randn(2, 3, 5, 4).double()), r'weight must have the dtype of input'),
+    (dict(input=torch.randn(2, 3, 5, 4).double()),
+     r'weight must have the dtype of input \(torch.float64\), but got torch.float32'),
+    (dict(bias=torch.randn(6).double()),
+     r'bias must have the dtype of input \(torch.float32\), but got torch.float64'),
     (dict(input=torch.ones(2, 3, 5, 4, dtype=torch.long)), r'input must be a floating point'),
     (dict(guide=torch.ones(2, 4, 5, 4, dtype=torch.long)), r'guide must be a floating point'),
     (dict(stride=0), r'stride must be an int or a pair of ints >= 1, but got 0'),
     (dict(padding=(1, -1)), r'padding must be an int or a pair of ints >= 0, but got \(1, -1\)'),
     (dict(dilation=(1, 1, 1)), r'dilation must be an int or a pair'),
+    (dict(stride=True), r'stride must be an int or a pair of ints >= 1, but got True'),
+    (dict(padding=(False, 1)), r'padding must be an int or a pair .*, but got \(False, 1\)'),
+    (dict(dilation=1.0), r'dilation must be an int or a pair of ints >= 1, but got 1.0'),
+    (dict(weight=torch.randn(2, 4, 6, 3, 3, 3, device='meta')),
+     r'^input, weight and guide must be on one device, but got input on cpu, weight on meta, '
+     r'guide on cpu$'),
+    (dict(guide=torch.randn(2, 4, 5, 4, device='meta'), bias=torch.randn(6)),
+     r'^input, weight, guide and bias must be on one device, but got input on cpu, weight on '
+     r'cpu, guide on meta, bias on cpu$'),
+    (dict(bias=torch.randn(6, device='meta')), r'guide and bias must be on one device'),
     (dict(padding=0, input=torch.randn(2, 3, 2, 4), guide=torch.randn(2, 4, 1, 2)),
      r'input of spatial size \(2, 4\) is too small for kernel \(3, 3\)'),
     (dict(guide=torch.randn(2, 4, 4, 4)), r'guide must have shape \(B, m, Ho, Wo\) = \(2, 4, 5, 4\)'),
@@ -271,3 +345,81 @@ def test_errors(change, message):
     args = {**_valid(), **change}
     with pytest.raises(ValueError, match=message):
         dr_conv2d(**args)
+
+
+def test_numpy_ints_are_sizes():
+    x, weight, guide, bias, _, _, _ = make_args(2, 3, GEOMETRIES[1])
+    expected = dr_conv2d(x, weight, guide, bias, (2, 1), (1, 0), (2, 1))
+    out = dr_conv2d(x, weight, guide, bias, (np.int64(2), 1), (np.int32(1), np.int64(0)),
+                    np.array([2, 1]).tolist())
+    torch.testing.assert_close(out, expected)
+    pair = as_pair(np.int16(3), 'stride', 1)
+    assert pair == (3, 3) and all(type(v) is int for v in pair)
+
+
+@pytest.mark.parametrize('value', [True, np.float32(1.0), '11', (1, 1.5), np.bool_(True)])
+def test_as_pair_rejects_non_ints(value):
+    with pytest.raises(ValueError, match=r'^kernel_size must be an int or a pair of ints >= 1, '
+                       r'but got '):
+        as_pair(value, 'kernel_size', 1)
+
+
+@pytest.fixture(params=['registered_op', 'autograd_function'])
+def op_path(request, monkeypatch):
+    """Runs a test through torch.ops.drconv.dr_conv2d (torch >= 2.4) and through
+    DRConv2dFunction, the path of older torch."""
+    if request.param == 'registered_op' and not entry_module.USE_CUSTOM_OP:
+        pytest.skip(f'torch.library.custom_op needs torch >= 2.4, this is {torch.__version__}')
+    monkeypatch.setattr(entry_module, 'USE_CUSTOM_OP', request.param == 'registered_op')
+    return request.param
+
+
+@pytest.mark.parametrize('layout', list(LAYOUTS))
+@pytest.mark.parametrize('geometry', [GEOMETRIES[1], GEOMETRIES[4]])
+def test_both_paths_match_loop(op_path, geometry, layout):
+    x, weight, guide, bias, stride, padding, dilation = make_args(2, 3, geometry)
+    leaves = [t.requires_grad_() for t in (x, weight, guide, bias)]
+    out = dr_conv2d(LAYOUTS[layout](x), weight, LAYOUTS[layout](guide), bias, stride, padding,
+                    dilation)
+    expected, responses = loop_dr_conv2d(x, weight, guide, bias, stride, padding, dilation)
+    torch.testing.assert_close(out, expected)
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+    want_x, want_w = torch.autograd.grad(expected, (x, weight), grad_out)
+    for g, want in zip(got, (want_x, want_w, loop_guide_grad(guide.detach(), responses, grad_out),
+                             grad_out.sum(dim=(0, 2, 3)))):
+        torch.testing.assert_close(g, want)
+    # Only the gradients asked for: guide and bias alone, then input alone.
+    got_guide, got_bias = torch.autograd.grad(out, (guide, bias), grad_out, retain_graph=True)
+    torch.testing.assert_close(got_guide, got[2])
+    torch.testing.assert_close(got_bias, got[3])
+    torch.testing.assert_close(torch.autograd.grad(out, x, grad_out)[0], got[0])
+
+
+def test_both_paths_gradcheck(op_path):
+    x, weight, guide, bias, *geo = make_args(2, 3, GEOMETRIES[4])
+    leaves = [t.requires_grad_() for t in (x, weight, bias)]
+    assert gradcheck(lambda x_, w_, b_: dr_conv2d(x_, w_, guide, b_, *geo), leaves,
+                     fast_mode=True)
+
+
+def test_jit_trace_records_one_op(op_path):
+    """mmengine's FLOP counter traces models and counts the op by JIT_NODE_KIND."""
+    x, weight, guide, bias, *geo = make_args(2, 3, GEOMETRIES[1], dtype=torch.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', torch.jit.TracerWarning)
+        traced = torch.jit.trace(lambda *args: dr_conv2d(*args, *geo), (x, weight, guide, bias),
+                                 check_trace=False)
+    # mmengine names an autograd function's node by kind and Python name.
+    kinds = [
+        f'{node.kind()}.{node.pyname()}' if node.kind() == 'prim::PythonOp' else node.kind()
+        for node in traced.inlined_graph.nodes()
+    ]
+    if op_path == 'registered_op':
+        assert kinds.count(JIT_NODE_KIND) == 1, kinds
+        # The kernels run untraced behind the op; the entry point's checks read sizes quietly.
+        assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    else:
+        assert kinds.count('prim::PythonOp.DRConv2dFunction') == 1, kinds
+    new_args = make_args(2, 3, GEOMETRIES[1], dtype=torch.float32, seed=1)[:4]
+    torch.testing.assert_close(traced(*new_args), dr_conv2d(*new_args, *geo))
