@@ -1,13 +1,13 @@
 """drconv-mmdet: Dynamic Region-Aware Convolution (DRConv) for PyTorch and MMDetection 3.x.
 
-The core (the ``dr_conv2d`` op and the ``DRConv2d`` layer) needs only torch. Where mmdet is
-installed, importing the package also registers the layer, the models and the datasets in mmdet's
-registries; configs do it with
+The core (the ``dr_conv2d`` op, the ``DRConv2d`` layer and ``convert_to_drconv``, which puts
+DRConvs into any PyTorch model) needs only torch. Where mmdet is installed, importing the package
+also registers the layer, the models and the datasets in mmdet's registries; configs do it with
 ``custom_imports = dict(imports=['drconv_mmdet'], allow_failed_imports=False)``.
 """
 import importlib.util
 
-from .nn import BasisFilterGenerator, DRConv2d, PaperFilterGenerator
+from .nn import BasisFilterGenerator, DRConv2d, PaperFilterGenerator, convert_to_drconv
 from .ops import dr_conv2d, dr_conv2d_reference
 from .version import __version__
 
@@ -18,5 +18,5 @@ if importlib.util.find_spec('mmdet') is not None:
 
 __all__ = [
     '__version__', 'dr_conv2d', 'dr_conv2d_reference', 'DRConv2d', 'PaperFilterGenerator',
-    'BasisFilterGenerator'
+    'BasisFilterGenerator', 'convert_to_drconv'
 ]

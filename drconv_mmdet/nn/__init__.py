@@ -1,4 +1,7 @@
+from .convert import convert_to_drconv, replace_conv2d
 from .drconv2d import DRConv2d
 from .filter_generators import BasisFilterGenerator, PaperFilterGenerator
 
-__all__ = ['DRConv2d', 'PaperFilterGenerator', 'BasisFilterGenerator']
+__all__ = [
+    'DRConv2d', 'PaperFilterGenerator', 'BasisFilterGenerator', 'convert_to_drconv', 'replace_conv2d'
+]
