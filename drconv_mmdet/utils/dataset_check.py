@@ -6,8 +6,8 @@ from mmengine.config import Config, ConfigDict
 
 __all__ = ['check_dataset_files']
 
-TOY_COCO_HINT = ('generate the toy COCO set with `make data` or `python tools/misc/make_toy_coco.py '
-                 '--out-dir {root}`')
+TOY_COCO_HINT = ('generate the toy COCO set with `make data` or '
+                 '`python tools/misc/make_toy_coco.py --out-dir {root}`')
 COCO_HINT = ('put COCO 2017 under {root} (annotations/instances_{{train,val}}2017.json, '
              'train2017/, val2017/), or set the path with '
              '--cfg-options {loader}.dataset.data_root=PATH')
@@ -35,8 +35,9 @@ def _missing(dataset: ConfigDict) -> List[str]:
     return [path for path in paths if not osp.exists(path)]
 
 
-def check_dataset_files(cfg: Config, loaders: tuple = ('train_dataloader', 'val_dataloader',
-                                                        'test_dataloader')) -> None:
+def check_dataset_files(
+        cfg: Config,
+        loaders: tuple = ('train_dataloader', 'val_dataloader', 'test_dataloader')) -> None:
     """Raises ``FileNotFoundError`` naming the missing files and how to get them.
 
     Without it, a missing COCO folder surfaces deep inside the dataset build as a bare

@@ -1,4 +1,4 @@
-"""tools/train.py, tools/test.py and tools/dist_train.sh on the toy COCO set, as a user runs them."""
+"""tools/train.py, tools/test.py and tools/dist_train.sh on the toy COCO set, as users run them."""
 import glob
 import json
 import os.path as osp
@@ -75,7 +75,8 @@ def test_resume_restores_iteration_and_optimizer(trained, toy_coco_root, tmp_pat
 def test_resume_continues_from_saved_iteration(trained, toy_coco_root, tmp_path):
     work_dir = str(tmp_path)
     result = run_tool(PY, 'tools/train.py', DEMO_CONFIG, '--work-dir', work_dir, '--resume',
-                      osp.join(trained, 'iter_2.pth'), *tiny_run_options(toy_coco_root, max_iters=3))
+                      osp.join(trained, 'iter_2.pth'),
+                      *tiny_run_options(toy_coco_root, max_iters=3))
     _assert_ok(result)
     assert 'resumed epoch: 0, iter: 2' in result.stdout + result.stderr
     assert osp.isfile(osp.join(work_dir, 'iter_3.pth'))
@@ -159,9 +160,8 @@ def test_missing_checkpoints_stop_the_tools(toy_coco_root, tmp_path):
 def test_detnas_drconv_config_trains_on_toy_set(toy_coco_root, tmp_path):
     """The DetNAS-300M 8R config trains on one CPU process (mmengine turns SyncBN into BN)."""
     config = 'configs/detnas/faster-rcnn_detnas-300m-drconv-8r_fpn-4conv1fc_90k_coco.py'
-    options = [f'{loader}_dataloader.dataset.{key}' for loader, split in (('train', 'train'),
-                                                                           ('val', 'val'),
-                                                                           ('test', 'val'))
+    splits = (('train', 'train'), ('val', 'val'), ('test', 'val'))
+    options = [f'{loader}_dataloader.dataset.{key}' for loader, split in splits
                for key in ('type=ToyCocoDataset', f'data_root={toy_coco_root}',
                            f'ann_file=annotations/instances_{split}.json',
                            f'data_prefix.img={split}/')]
