@@ -1,6 +1,6 @@
 # A CPU-sized Mask R-CNN for the toy COCO set: ResNet-18 from scratch (no download), a 64-channel
-# FPN, 256 px images, 300 iterations. It trains in minutes on 2 cores; `make demo` runs its DRConv
-# twin, mask-rcnn_r18_drfpn-8r_toy-coco.py.
+# FPN, 256 px images, 300 iterations, small enough to train without a GPU; `make demo` runs its
+# DRConv twin, mask-rcnn_r18_drfpn-8r_toy-coco.py.
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::_base_/default_runtime.py',
