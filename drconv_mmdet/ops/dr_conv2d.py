@@ -83,8 +83,8 @@ def _op_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Ten
 def _op_forward_fake(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
                      stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
     geo = _op_geometry(input, weight, stride, padding, dilation)
-    return input.new_empty((input.shape[0], weight.shape[2], *geo.out_size)).contiguous(
-        memory_format=_conv_memory_format(input))
+    return torch.empty((input.shape[0], weight.shape[2], *geo.out_size), dtype=input.dtype,
+                       device=input.device, memory_format=_conv_memory_format(input))
 
 
 def _op_backward(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tensor,
