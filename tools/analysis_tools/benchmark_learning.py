@@ -63,7 +63,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description='Train small CNNs with nn.Conv2d or DRConv2d inner layers on the sklearn '
         'digits and compare their test accuracy')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument('--epochs', type=int, default=30)
+    parser.add_argument('--epochs', type=int, default=12)
     parser.add_argument('--kernels', nargs='+', type=int, default=[1, 3],
                         help='kernel size of the inner convs')
     parser.add_argument('--widths', nargs='+', type=int, default=[8, 32],
