@@ -294,10 +294,12 @@ def _valid():
 
 
 @pytest.mark.parametrize('change, message', [
-    (dict(input=torch.randn(3, 5, 4)), r'input must be 4-D \(B, C, H, W\), but got shape \(3, 5, 4\)'),
+    (dict(input=torch.randn(3, 5, 4)),
+     r'input must be 4-D \(B, C, H, W\), but got shape \(3, 5, 4\)'),
     (dict(weight=torch.randn(2, 4, 6, 3, 3)), r'weight must be 6-D .* but got shape'),
     (dict(guide=torch.randn(2, 4, 20)), r'guide must be 4-D'),
-    (dict(weight=torch.randn(2, 4, 6, 2, 3, 3)), r'weight must have shape \(B=2, m, O, C=3, kh, kw\)'),
+    (dict(weight=torch.randn(2, 4, 6, 2, 3, 3)),
+     r'weight must have shape \(B=2, m, O, C=3, kh, kw\)'),
     (dict(weight=torch.randn(1, 4, 6, 3, 3, 3)), r'weight must have shape \(B=2'),
     (dict(weight=torch.randn(2, 0, 6, 3, 3, 3)), r'at least one region'),
     (dict(bias=torch.randn(5)), r'bias must have shape \(6,\), but got \(5,\)'),
@@ -322,7 +324,8 @@ def _valid():
     (dict(bias=torch.randn(6, device='meta')), r'guide and bias must be on one device'),
     (dict(padding=0, input=torch.randn(2, 3, 2, 4), guide=torch.randn(2, 4, 1, 2)),
      r'input of spatial size \(2, 4\) is too small for kernel \(3, 3\)'),
-    (dict(guide=torch.randn(2, 4, 4, 4)), r'guide must have shape \(B, m, Ho, Wo\) = \(2, 4, 5, 4\)'),
+    (dict(guide=torch.randn(2, 4, 4, 4)),
+     r'guide must have shape \(B, m, Ho, Wo\) = \(2, 4, 5, 4\)'),
 ])
 def test_errors(change, message):
     args = {**_valid(), **change}
