@@ -4,9 +4,10 @@ Trains small CNNs on scikit-learn's handwritten digits (1,797 real 8x8 grey imag
 the wheel, so nothing is downloaded) whose inner convs are either ``nn.Conv2d`` or
 :class:`drconv_mmdet.nn.DRConv2d`, with the same widths, data and schedule, over several seeds.
 It reports the test accuracy (mean and std over seeds, and the difference to the plain conv of the
-same shape with Welch's t-test), the parameters, the training time per epoch and how the guided
-masks use the regions (the share of an image's pixels that fall in its largest region, averaged
-over the test set and the DRConv layers).
+same shape with Welch's t-test), the training accuracy, the parameters, the training time per
+epoch and how the guided masks use the regions (the share of an image's pixels that fall in its
+largest region, and the number of regions an image uses, averaged over the test set and the
+DRConv layers).
 
 Network of width ``w`` (every conv without bias, followed by BatchNorm and ReLU):
 a 3x3 stem conv 1 -> w, two inner blocks, global average pooling and a linear classifier w -> 10;
@@ -215,7 +216,8 @@ def run(data: Tuple[Tensor, ...], width: int, kernel: int, generator: str, regio
         train_epoch(model, optimizer, scheduler, train_x, train_y, batches) for _ in range(epochs)
     ]
     result = evaluate(model, test_x, test_y)
-    result.update(seed=seed, params=sum(p.numel() for p in model.parameters()),
+    # Accuracy on the (unshifted) training images tells overfitting from underfitting.
+    result.update(train_accuracy=evaluate(model, train_x, train_y)['accuracy'], seed=seed, params=sum(p.numel() for p in model.parameters()),
                   epoch_s=statistics.median(epoch_times))
     return result
 
@@ -244,7 +246,9 @@ def summarise(variant: Dict[str, object], runs: List[Dict[str, object]],
     """Mean and std over seeds, and the difference to the baseline's accuracy with Welch's p."""
     acc = [r['accuracy'] for r in runs]
     row = dict(variant, seeds=len(runs), acc_mean=statistics.mean(acc),
-               acc_std=statistics.stdev(acc) if len(acc) > 1 else 0.0, params=runs[0]['params'],
+               acc_std=statistics.stdev(acc) if len(acc) > 1 else 0.0,
+               train_acc_mean=statistics.mean(r['train_accuracy'] for r in runs),
+               params=runs[0]['params'],
                epoch_s=statistics.median(r['epoch_s'] for r in runs), runs=runs)
     if runs[0]['largest_region_share']:
         row['largest_region_share'] = statistics.mean(
@@ -262,8 +266,8 @@ def summarise(variant: Dict[str, object], runs: List[Dict[str, object]],
 def make_table(rows: List[Dict[str, object]]) -> str:
     lines = [
         '| k | width | inner conv | m | params | test acc % (mean +- std) | vs conv | Welch p | '
-        'largest region share | regions used | s / epoch |',
-        '|---|---|---|---|---|---|---|---|---|---|---|',
+        'train acc % | largest region share | regions used | s / epoch |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for r in rows:
         delta = f"{r['delta']:+.2f}" if 'delta' in r else ''
@@ -273,7 +277,7 @@ def make_table(rows: List[Dict[str, object]]) -> str:
         lines.append(
             f"| {r['kernel']} | {r['width']} | {r['generator']} | {r['regions'] or ''} | "
             f"{r['params']:,} | {r['acc_mean']:.2f} +- {r['acc_std']:.2f} | {delta} | {p_value} | "
-            f"{share} | {used} | {r['epoch_s']:.2f} |")
+            f"{r['train_acc_mean']:.2f} | {share} | {used} | {r['epoch_s']:.2f} |")
     return '\n'.join(lines)
 
 
