@@ -5,19 +5,20 @@ Output pixel ``p`` of sample ``b`` is ``weight[b, r] @ window(b, p)`` with
 key ``b * m + r``, without a loop over samples:
 
 - groups with nearly the same number of pixels form a *length class*; a class's windows are
-  gathered as one ``(groups, length, kh*kw*C)`` block, shorter groups padded with a pixel whose
+  gathered as ``(groups, length, kh*kw*C)`` blocks, shorter groups padded with a pixel whose
   window reads zeros, and multiplied by the groups' filters with one batched matrix product;
 - blocks are cut into bands that bound the gathered windows' memory (all windows at once would
   be ``kh*kw`` copies of the input, the memory fault of the official CUDA code);
-- results go back to their pixels by one scatter per band.
+- results land in one buffer laid out like the blocks, and reach their pixels by one gather.
 
-Only the counts of the groups go to the host (one sync per call); everything else stays on the
-device, and products are ``torch.bmm`` (on CUDA, cuBLAS: no per-shape autotuning as cuDNN does
-for convolutions of data-dependent shapes under ``cudnn.benchmark``).
+Only the groups' sizes go to the host (one sync per call); everything else stays on the device,
+and products are ``torch.bmm`` (on CUDA, cuBLAS: no per-shape autotuning, as cuDNN has for
+convolutions of data-dependent shapes under ``cudnn.benchmark``).
 """
 import functools
+import math
 import warnings
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -26,10 +27,10 @@ from .geometry import Geometry
 
 __all__ = ['region_conv_forward', 'region_conv_backward']
 
-# Fewest values a band of gathered windows may hold (16 MiB of float32): a band holds about one
-# sample's input or output, whichever is larger, but never less, so that small maps are not cut
-# into many small products, whose fixed cost dominates.
-MIN_BAND_VALUES = 1 << 22
+# Values of one band's gathered rows (1 MiB of float32). Small enough that a band's gathered
+# windows or region responses are still in cache when the product or the dot products read
+# them; large enough that a band's product is not dominated by the fixed cost of a call.
+MIN_BAND_VALUES = 1 << 18
 
 # Multiply-adds that the fixed cost of one product call is worth, per device type: a length
 # class takes in a shorter group, padding it, while its padded rows cost less than a product
@@ -58,23 +59,37 @@ def _quiet_under_tracing(kernel: Callable) -> Callable:
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half types: sums over bands and overlapping windows are kept in float32, as
-    cuDNN and oneDNN accumulate."""
+    """float32 for half types: sums over bands, overlapping windows and channels are kept in
+    float32, as cuDNN and oneDNN accumulate."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _band_values(channels: int, out_channels: int, geo: Geometry) -> int:
-    """Values a band of gathered rows may hold: about one sample's input or output."""
-    out_pixels = geo.out_size[0] * geo.out_size[1]
-    return max(channels * out_pixels, out_channels * out_pixels, MIN_BAND_VALUES)
+class _Scratch:
+    """Buffers reused by every band of a call, one per role.
+
+    A fresh multi-megabyte tensor costs a page fault per 4 KiB on first touch, which on CPU is
+    slower than the gather that fills it.
+    """
+
+    def __init__(self, like: Tensor) -> None:
+        self.like = like
+        self.buffers: Dict[str, Tensor] = {}
+
+    def get(self, role: str, shape: Tuple[int, ...], dtype: Optional[torch.dtype] = None
+            ) -> Tensor:
+        numel = math.prod(shape)
+        buffer = self.buffers.get(role)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self.buffers[role] = self.like.new_empty(numel, dtype=dtype)
+        return buffer[:numel].view(shape)
 
 
-def _blocks(groups: int, length: int, width: int, band_values: int
-            ) -> Iterator[Tuple[slice, slice]]:
+def _bands(groups: int, length: int, width: int) -> Iterator[Tuple[slice, slice]]:
     """Splits a ``(groups, length)`` grid of rows ``width`` values wide into bands of at most
-    ``band_values`` values (at least one row): whole groups together where a group fits, else
-    pieces of one group. Yields ``(group slice, row slice)``."""
-    rows = max(1, band_values // width)
+    ``MIN_BAND_VALUES`` values (at least one row): whole groups together where a group fits,
+    else pieces of one group. Yields ``(group slice, row slice)``; a band's rows are contiguous
+    in the grid's row-major order."""
+    rows = max(1, MIN_BAND_VALUES // width)
     if length <= rows:
         step = rows // length
         for start in range(0, groups, step):
@@ -92,7 +107,7 @@ class _BatchWindows:
     Row ``b*Hp*Wp + y*Wp + x`` holds the C channels of padded pixel ``(y, x)`` of sample ``b``;
     gathering whole rows reads contiguous memory, where columns of the NCHW layout would read one
     value per cache line. Output pixels are numbered ``b*Ho*Wo + p``; the extra pixel id ``N``
-    (= B*Ho*Wo), which pads length classes, has a window on zero rows after the batch.
+    (= B*Ho*Wo), which pads length classes, has its window on zero rows after the batch.
     """
 
     def __init__(self, input: Tensor, geo: Geometry) -> None:
@@ -100,10 +115,10 @@ class _BatchWindows:
         pad_h, pad_w = geo.padding
         padded_h, padded_w = height + 2 * pad_h, width + 2 * pad_w
         self.image_rows = batch * padded_h * padded_w
+        self.padded_shape = (batch, padded_h, padded_w, channels)
         # Rows one window spans from its top-left pixel: the zero tail the padding pixel reads.
         extent = ((geo.kernel[0] - 1) * geo.dilation[0] * padded_w +
                   (geo.kernel[1] - 1) * geo.dilation[1] + 1)
-        self.padded_shape = (batch, padded_h, padded_w, channels)
         self.rows = input.new_empty((self.image_rows + extent, channels))
         if pad_h or pad_w:
             self.rows.zero_()
@@ -118,25 +133,45 @@ class _BatchWindows:
                             torch.arange(out_w, device=device) * geo.stride[1]).flatten()
         corners = (torch.arange(batch, device=device)[:, None] * (padded_h * padded_w) +
                    corner_in_sample).flatten()
-        # First row of each output pixel's window, and of the padding pixel's.
+        # First row of each output pixel's window, then of the padding pixel's.
         self.corners = torch.cat([corners, corners.new_full((1, ), self.image_rows)])
         dy = torch.arange(geo.kernel[0], device=device) * (geo.dilation[0] * padded_w)
         dx = torch.arange(geo.kernel[1], device=device) * geo.dilation[1]
         self.tap_offsets = (dy[:, None] + dx).flatten()
 
     def images(self, rows: Tensor) -> Tensor:
-        """The padded batch (B, Hp, Wp, C) as a view of ``rows`` laid out like :attr:`rows` (the
-        input's, or its gradient's)."""
+        """The padded batch (B, Hp, Wp, C) as a view of ``rows``, which are laid out like
+        :attr:`rows` (the input's, or its gradient's)."""
         return rows[:self.image_rows].view(self.padded_shape)
 
     def window_rows(self, pixels: Tensor) -> Tensor:
         """Rows read by output pixels ``pixels``, window by window, tap-major: (P*kh*kw,)."""
         return (self.corners[pixels.flatten()][:, None] + self.tap_offsets).flatten()
 
-    def gather(self, rows: Tensor, windows: int) -> Tensor:
-        """The windows whose rows are ``rows`` (from :meth:`window_rows`) as a
-        (windows, kh*kw*C) matrix, the column order of :func:`_class_filters`."""
-        return self.rows.index_select(0, rows).view(windows, -1)
+    def gather(self, window_rows: Tensor, scratch: _Scratch) -> Tensor:
+        """The windows of :meth:`window_rows` as a (P, C*kh*kw) matrix, channel-major like a
+        filter ``weight[b, j].view(O, -1)``, so that filters are used where they are: a copy of
+        ``weight`` (B*m*O*C*kh*kw values, often more than the input) would cost more than the
+        products on small maps. A band is small, so its transposition runs in cache."""
+        taps, channels = len(self.tap_offsets), self.rows.shape[1]
+        rows = scratch.get('rows', (window_rows.numel(), channels))
+        torch.index_select(self.rows, 0, window_rows, out=rows)
+        if taps == 1:
+            return rows
+        cols = scratch.get('cols', (window_rows.numel() // taps, channels, taps))
+        return cols.copy_(rows.view(-1, taps, channels).transpose(1, 2)).view(-1, channels * taps)
+
+    def add_windows(self, grad_rows: Tensor, window_rows: Tensor, grad_cols: Tensor,
+                    scratch: _Scratch) -> None:
+        """The transpose of :meth:`gather`: adds channel-major window gradients ``grad_cols``
+        (P, C*kh*kw) to the rows ``window_rows`` of ``grad_rows`` (laid out like :attr:`rows`),
+        in ``grad_rows``'s dtype. A pixel read by several windows gets their sum: ``index_add_``
+        accumulates repeated indices."""
+        taps, channels = len(self.tap_offsets), self.rows.shape[1]
+        if taps > 1:
+            tap_major = scratch.get('grad_rows', (grad_cols.shape[0], taps, channels))
+            grad_cols = tap_major.copy_(grad_cols.view(-1, channels, taps).transpose(1, 2))
+        grad_rows.index_add_(0, window_rows, grad_cols.view(-1, channels).to(grad_rows.dtype))
 
 
 def _length_classes(counts: List[int], slack_rows: int) -> List[Tuple[List[int], int]]:
@@ -159,12 +194,20 @@ def _length_classes(counts: List[int], slack_rows: int) -> List[Tuple[List[int],
     return classes
 
 
+class _Band(NamedTuple):
+    """Part of a length class: groups ``key_order[groups]``, whose rows of the block layout are
+    ``rows`` and hold the pixels ``pixels`` (groups, rows per group)."""
+    groups: slice
+    rows: slice
+    pixels: Tensor
+
+
 class _LengthClasses:
     """Output pixels grouped by key ``b*m + region``, the groups cut into length classes.
 
-    ``key_order`` lists the non-empty groups class by class; class ``c`` owns
-    ``key_order[first:first + groups]`` and a ``(groups, length)`` block of ``pixels`` (padded
-    with the pixel id ``N``).
+    ``key_order`` lists the non-empty groups class by class. The *block layout* has one row per
+    pixel of every group, class by class, each group padded to its class's length with the pixel
+    id ``N``; ``pixels`` holds its pixel ids and ``block_row`` the row of every pixel ``n``.
     """
 
     def __init__(self, regions: Tensor, num_regions: int, macs_per_row: int) -> None:
@@ -180,38 +223,41 @@ class _LengthClasses:
         call_macs = PRODUCT_CALL_MACS.get(device.type, DEFAULT_PRODUCT_CALL_MACS)
         classes = _length_classes(counts, call_macs // max(1, macs_per_row))
 
-        key_order, block_start = [], [0] * len(counts)
-        self.classes: List[Tuple[int, int, int, int]] = []  # (first, groups, length, row offset)
-        rows = 0
+        key_order, group_start = [], [0] * len(counts)
+        self.classes: List[Tuple[int, int, int, int]] = []  # (first group, groups, length, row)
+        self.num_rows = 0
         for class_keys, length in classes:
-            self.classes.append((len(key_order), len(class_keys), length, rows))
+            self.classes.append((len(key_order), len(class_keys), length, self.num_rows))
             for key in class_keys:
-                block_start[key] = rows
-                rows += length
+                group_start[key] = self.num_rows
+                self.num_rows += length
             key_order.extend(class_keys)
         self.key_order = torch.tensor(key_order, dtype=torch.long, device=device)
-        # Pixel i of the sorted order goes to its group's block row, at its rank in the group.
+        # The i-th pixel of the sorted order sits at its group's start plus its rank in the group.
         rank = torch.arange(num_pixels, device=device) - starts[sorted_keys]
-        block_row = torch.tensor(block_start, dtype=torch.long, device=device)[sorted_keys] + rank
-        self.pixels = torch.full((rows, ), num_pixels, dtype=torch.long, device=device)
-        self.pixels.index_copy_(0, block_row, order)
+        sorted_rows = torch.tensor(group_start, dtype=torch.long, device=device)[sorted_keys] + rank
+        self.pixels = torch.full((self.num_rows, ), num_pixels, dtype=torch.long, device=device)
+        self.pixels.index_copy_(0, sorted_rows, order)
+        self.block_row = torch.empty_like(sorted_rows).index_copy_(0, order, sorted_rows)
 
-    def blocks(self, width: int, band_values: int) -> Iterator[Tuple[slice, Tensor]]:
-        """Bands of the classes: ``(slice of key_order, (groups, rows) pixel ids)``."""
+    def bands(self, width: int) -> Iterator[_Band]:
+        """The classes' blocks cut into bands of :func:`_bands`."""
         for first, groups, length, offset in self.classes:
             block = self.pixels[offset:offset + groups * length].view(groups, length)
-            for group_slice, row_slice in _blocks(groups, length, width, band_values):
-                keys = slice(first + group_slice.start, first + group_slice.stop)
-                yield keys, block[group_slice, row_slice]
+            for group_slice, row_slice in _bands(groups, length, width):
+                rows = slice(offset + group_slice.start * length + row_slice.start,
+                             offset + (group_slice.stop - 1) * length + row_slice.stop)
+                yield _Band(slice(first + group_slice.start, first + group_slice.stop), rows,
+                            block[group_slice, row_slice])
 
 
-def _class_filters(weight: Tensor, key_order: Tensor) -> Tensor:
-    """The filters of groups ``key_order`` as ``(G, kh*kw*C, O)`` matrices, tap-major like the
-    gathered windows (one copy of the used filters)."""
-    batch, num_regions, out_channels, channels, kernel_h, kernel_w = weight.shape
-    filters = weight.reshape(batch * num_regions, out_channels, channels, kernel_h,
-                             kernel_w).permute(0, 3, 4, 2, 1)
-    return filters.index_select(0, key_order).view(len(key_order), -1, out_channels)
+def _band_filters(weight: Tensor, keys: Tensor, scratch: _Scratch) -> Tensor:
+    """The filters of groups ``keys`` as (S, O, C*kh*kw) matrices, copied into a reused
+    buffer."""
+    batch, num_regions, out_channels = weight.shape[:3]
+    filters = weight.reshape(batch * num_regions, out_channels, -1)
+    band = scratch.get('filters', (len(keys), *filters.shape[1:]))
+    return torch.index_select(filters, 0, keys, out=band)
 
 
 def _regions(guide: Tensor) -> Tensor:
@@ -238,8 +284,8 @@ def _as_layout(x: Tensor, dtype: torch.dtype, memory_format: torch.memory_format
 
 
 def _pixel_rows(image: Tensor) -> Tensor:
-    """A (B, C, H, W) batch as (B*H*W + 1, C) rows, one pixel's channels each, the last row
-    zero (the padding pixel's)."""
+    """A (B, C, H, W) batch as (B*H*W + 1, C) rows, one pixel's channels each; the last row,
+    the padding pixel's, is zero."""
     batch, channels, height, width = image.shape
     rows = image.new_empty((batch * height * width + 1, channels))
     rows[:-1].view(batch, height, width, channels).copy_(image.permute(0, 2, 3, 1))
@@ -247,39 +293,34 @@ def _pixel_rows(image: Tensor) -> Tensor:
     return rows
 
 
-def _add_products(acc: Tensor, left: Tensor, right: Tensor) -> None:
-    """``acc += left @ right`` for batches of matrices, summed in ``acc``'s dtype."""
-    if acc.dtype == left.dtype:
-        acc.baddbmm_(left, right)
-    else:
-        acc += torch.bmm(left, right)
-
-
 def _region_response_dots(windows: _BatchWindows, weight: Tensor, grad_rows: Tensor,
-                          geo: Geometry, band_values: int) -> Tensor:
+                          geo: Geometry, scratch: _Scratch) -> Tensor:
     """``<dL/dY(p), Y_j(p)>`` for every region j and pixel p (Eq. 7), as (B, m, Ho, Wo) in the
     accumulation dtype.
 
-    Every region's response is needed: m convolutions of work, one matrix product per band of
-    whole samples (or of one sample's pixels) against all m filters of the sample side by side.
+    Every region's response is needed: m convolutions of work, one batched product per band of
+    whole samples (or of one sample's pixels) with all m filters of a sample side by side. Bands
+    are small so that the responses are still in cache for the dot products.
     """
     batch, num_regions, out_channels = weight.shape[:3]
     out_pixels = geo.out_size[0] * geo.out_size[1]
-    acc_dtype = _accumulation_dtype(weight.dtype)
-    # (B, kh*kw*C, m*O): column j*O + o is output channel o of region j.
-    all_filters = weight.permute(0, 4, 5, 3, 1, 2).reshape(batch, geo.taps * weight.shape[3],
-                                                           num_regions * out_channels)
+    dtype, acc_dtype = weight.dtype, _accumulation_dtype(weight.dtype)
+    # (B, C*kh*kw, m*O): column j*O + o is output channel o of region j.
+    all_filters = weight.reshape(batch, num_regions * out_channels,
+                                 geo.taps * weight.shape[3]).transpose(1, 2)
     pixel_ids = torch.arange(batch * out_pixels, device=weight.device).view(batch, out_pixels)
-    grads = grad_rows[:-1].view(batch, out_pixels, out_channels)
+    grads = grad_rows[:-1].view(batch, out_pixels, 1, out_channels)
     dots = grad_rows.new_empty((batch, out_pixels, num_regions), dtype=acc_dtype)
-    width = max(all_filters.shape[1], num_regions * out_channels)
-    for samples, pixels in _blocks(batch, out_pixels, width, band_values):
+    for samples, pixels in _bands(batch, out_pixels, max(all_filters.shape[1:])):
         ids = pixel_ids[samples, pixels]
-        cols = windows.gather(windows.window_rows(ids), ids.numel()).view(*ids.shape, -1)
-        responses = torch.bmm(cols, all_filters[samples]).view(*ids.shape, num_regions,
-                                                                out_channels)
-        band_grads = grads[samples, pixels].unsqueeze(-2)
-        dots[samples, pixels] = (responses.to(acc_dtype) * band_grads.to(acc_dtype)).sum(-1)
+        cols = windows.gather(windows.window_rows(ids), scratch).view(*ids.shape, -1)
+        responses = scratch.get('responses', (*ids.shape, num_regions * out_channels))
+        torch.bmm(cols, all_filters[samples], out=responses)
+        responses = responses.view(*ids.shape, num_regions, out_channels)
+        band_grads = grads[samples, pixels]
+        if acc_dtype != dtype:
+            responses, band_grads = responses.to(acc_dtype), band_grads.to(acc_dtype)
+        torch.sum(responses.mul_(band_grads), dim=-1, out=dots[samples, pixels])
     return dots.view(batch, *geo.out_size, num_regions).permute(0, 3, 1, 2)
 
 
@@ -288,22 +329,32 @@ def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Opti
                         geo: Geometry) -> Tensor:
     """Forward of :func:`drconv_mmdet.ops.dr_conv2d` on validated arguments of one dtype."""
     batch, num_regions, out_channels, channels = weight.shape[:4]
-    num_pixels = batch * geo.out_size[0] * geo.out_size[1]
+    memory_format = _memory_format(input)
     width = geo.taps * channels
-    # Row N is the sink of the padding rows of length classes.
-    out_rows = input.new_empty((num_pixels + 1, out_channels))
-    if num_pixels:
-        windows = _BatchWindows(input, geo)
-        classes = _LengthClasses(_regions(guide), num_regions, width * out_channels)
-        filters = _class_filters(weight, classes.key_order)
-        for keys, pixels in classes.blocks(width, _band_values(channels, out_channels, geo)):
-            cols = windows.gather(windows.window_rows(pixels), pixels.numel())
-            products = torch.bmm(cols.view(*pixels.shape, width), filters[keys])
-            out_rows.index_copy_(0, pixels.flatten(), products.view(-1, out_channels))
-    if bias is not None:
-        out_rows += bias
-    output = out_rows[:num_pixels].view(batch, *geo.out_size, out_channels).permute(0, 3, 1, 2)
-    return _as_layout(output, input.dtype, _memory_format(input))
+    output = torch.empty((batch, out_channels, *geo.out_size), dtype=input.dtype,
+                         device=input.device, memory_format=memory_format)
+    if output.numel() == 0:
+        return output
+    windows = _BatchWindows(input, geo)
+    classes = _LengthClasses(_regions(guide), num_regions, width * out_channels)
+    products = input.new_empty((classes.num_rows, out_channels))
+    scratch = _Scratch(input)
+    for band in classes.bands(width):
+        cols = windows.gather(windows.window_rows(band.pixels), scratch)
+        cols = cols.view(*band.pixels.shape, width)
+        filters = _band_filters(weight, classes.key_order[band.groups], scratch).transpose(1, 2)
+        band_products = products[band.rows].view(*band.pixels.shape, out_channels)
+        if bias is None:
+            torch.bmm(cols, filters, out=band_products)
+        else:
+            torch.baddbmm(bias.view(1, 1, -1), cols, filters, out=band_products)
+    channels_last = output.permute(0, 2, 3, 1)
+    if memory_format == torch.channels_last:
+        torch.index_select(products, 0, classes.block_row,
+                           out=channels_last.view(-1, out_channels))
+    else:
+        channels_last.copy_(products.index_select(0, classes.block_row).view(channels_last.shape))
+    return output
 
 
 @_quiet_under_tracing
@@ -316,50 +367,49 @@ def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, gui
     dtype = input.dtype
     acc_dtype = _accumulation_dtype(dtype)
     width = geo.taps * channels
-    band_values = _band_values(channels, out_channels, geo)
     grad_rows = _pixel_rows(grad_output)
     windows = _BatchWindows(input, geo)
+    scratch = _Scratch(input)
     grad_input = grad_weight = grad_guide = grad_bias = None
+    num_pixels = grad_rows.shape[0] - 1
 
-    if (need_input or need_weight) and grad_rows.shape[0] > 1:
-        classes = _LengthClasses(_regions(guide), num_regions, width * out_channels)
-        filters = _class_filters(weight, classes.key_order)
-        if need_weight:
-            grad_filters = weight.new_zeros(filters.shape, dtype=acc_dtype)
-        if need_input:
-            grad_window_rows = torch.zeros_like(windows.rows, dtype=acc_dtype)
-        for keys, pixels in classes.blocks(width, band_values):
-            window_rows = windows.window_rows(pixels)
-            cols = windows.gather(window_rows, pixels.numel()).view(*pixels.shape, width)
-            grads = grad_rows.index_select(0, pixels.flatten()).view(*pixels.shape, -1)
-            if need_weight:
-                _add_products(grad_filters[keys], cols.transpose(1, 2), grads)
-            if need_input:
-                # A pixel read by several windows gets their sum: index_add_ accumulates
-                # repeated indices.
-                grad_cols = torch.bmm(grads, filters[keys].transpose(1, 2))
-                grad_window_rows.index_add_(0, window_rows,
-                                             grad_cols.view(-1, channels).to(acc_dtype))
     if need_weight:
         # Regions without pixels get zero gradients.
-        grad_weight = weight.new_zeros((batch * num_regions, kernel_h, kernel_w, channels,
-                                        out_channels))
-        if grad_rows.shape[0] > 1:
-            grad_weight.index_copy_(0, classes.key_order,
-                                    grad_filters.view(-1, *grad_weight.shape[1:]).to(dtype))
-        grad_weight = grad_weight.view(batch, num_regions, kernel_h, kernel_w, channels,
-                                       out_channels).permute(0, 1, 5, 4, 2, 3)
+        grad_filters = weight.new_zeros((batch * num_regions, out_channels, width),
+                                        dtype=acc_dtype)
     if need_input:
-        if grad_rows.shape[0] == 1:
-            grad_input = torch.zeros_like(input)
-        else:
-            pad_h, pad_w = geo.padding
-            height, width_in = input.shape[-2:]
-            grad_images = windows.images(grad_window_rows)[:, pad_h:pad_h + height, pad_w:pad_w + width_in]
-            grad_input = _as_layout(grad_images.permute(0, 3, 1, 2), dtype,
-                                    _memory_format(input))
+        grad_window_rows = torch.zeros_like(windows.rows, dtype=acc_dtype)
+    if (need_input or need_weight) and num_pixels:
+        classes = _LengthClasses(_regions(guide), num_regions, width * out_channels)
+        for band in classes.bands(width):
+            shape = band.pixels.shape
+            keys = classes.key_order[band.groups]
+            window_rows = windows.window_rows(band.pixels)
+            cols = windows.gather(window_rows, scratch).view(*shape, width)
+            grads = scratch.get('grads', (*shape, out_channels))
+            torch.index_select(grad_rows, 0, band.pixels.flatten(),
+                               out=grads.view(-1, out_channels))
+            if need_weight:
+                # index_add_: a group's rows may span several bands.
+                band_grad = scratch.get('band_grad_filters', (len(keys), out_channels, width))
+                torch.bmm(grads.transpose(1, 2), cols, out=band_grad)
+                grad_filters.index_add_(0, keys, band_grad.to(acc_dtype))
+            if need_input:
+                filters = _band_filters(weight, keys, scratch)
+                grad_cols = scratch.get('grad_cols', (*shape, width))
+                torch.bmm(grads, filters, out=grad_cols)
+                windows.add_windows(grad_window_rows, window_rows, grad_cols.view(-1, width),
+                                    scratch)
+    if need_weight:
+        grad_weight = grad_filters.view(weight.shape).to(dtype)
+    if need_input:
+        pad_h, pad_w = geo.padding
+        height, width_in = input.shape[-2:]
+        grad_images = windows.images(grad_window_rows)[:, pad_h:pad_h + height,
+                                                       pad_w:pad_w + width_in]
+        grad_input = _as_layout(grad_images.permute(0, 3, 1, 2), dtype, _memory_format(input))
     if need_guide:
-        grad_probs = _region_response_dots(windows, weight, grad_rows, geo, band_values)
+        grad_probs = _region_response_dots(windows, weight, grad_rows, geo, scratch)
         # Eq. 8: back through the softmax that stands in for the argmax; half precision would
         # lose the small probabilities, so it is done in at least float32.
         probs_dtype = torch.promote_types(guide.dtype, torch.float32)
