@@ -8,7 +8,16 @@
 #   PYTHON=python3          interpreter used to create it
 #   TORCH_VERSION=2.13.0    torch to install ...
 #   KEEP_TORCH=0            ... or 1 to keep the torch already in the environment (GPU users)
-#   MMCV_WHEEL_CACHE=~/.cache/drconv-mmdet/wheels   built mmcv wheels, keyed by python and torch
+#   TORCHVISION_VERSION=    torchvision to install next to torch (empty: none)
+#   TORCH_WHEELHOUSE=       a folder that keeps the downloaded torch wheels and their dependencies, so
+#                           that several environments with the same torch download it once (empty:
+#                           plain pip install)
+#   OPENMMLAB=1             0: a torch-only environment (no mmengine, mmcv, mmdet), checked to have
+#                           none of OpenMMLab
+#   EDITABLE=1              0: leave the plugin out (to install it another way, as `make test-mim` does)
+#   CONSTRAINTS=            a pip constraints file applied to every install (requirements/compat.txt
+#                           for torch 2.1)
+#   MMCV_WHEEL_CACHE=~/.cache/drconv-mmdet/wheels   built mmcv wheels, keyed by python, torch and CUDA
 #   MAX_JOBS=$(nproc)       parallel compile jobs for the mmcv build
 set -euo pipefail
 
@@ -17,6 +26,11 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 KEEP_TORCH=${KEEP_TORCH:-0}
+TORCHVISION_VERSION=${TORCHVISION_VERSION:-}
+TORCH_WHEELHOUSE=${TORCH_WHEELHOUSE:-}
+OPENMMLAB=${OPENMMLAB:-1}
+EDITABLE=${EDITABLE:-1}
+CONSTRAINTS=${CONSTRAINTS:-}
 MMCV_VERSION=2.1.0
 MMENGINE_VERSION=0.10.7
 MMDET_VERSION=3.3.0
@@ -31,15 +45,25 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
+if [ -n "$CONSTRAINTS" ]; then
+    [ -f "$CONSTRAINTS" ] || die "CONSTRAINTS=$CONSTRAINTS: no such file"
+    # The environment variable reaches every pip command, the mmcv build's included.
+    export PIP_CONSTRAINT="${PIP_CONSTRAINT:+$PIP_CONSTRAINT }$(realpath "$CONSTRAINTS")"
+fi
 
 stamp_inputs() {
     cat setup.py requirements/*.txt tools/misc/setup_env.sh
-    echo "$TORCH_VERSION $KEEP_TORCH $MMCV_VERSION $MMENGINE_VERSION $MMDET_VERSION"
+    echo "$TORCH_VERSION $KEEP_TORCH $TORCHVISION_VERSION $OPENMMLAB $EDITABLE $CONSTRAINTS"
+    echo "$MMCV_VERSION $MMENGINE_VERSION $MMDET_VERSION"
 }
 STAMP="$VENV/.drconv-mmdet-setup"
 stamp=$(stamp_inputs | sha256sum | cut -d' ' -f1)
 
 check_env() {
+    if [ "$OPENMMLAB" = 0 ]; then
+        check_torch_only_env
+        return
+    fi
     "$PY" - <<'PY'
 import mmcv
 from mmcv.ops import RoIAlign, nms  # noqa: F401  (compiled ops, needed by Mask R-CNN)
@@ -53,6 +77,22 @@ print(f'[setup] ok: torch {torch.__version__}, mmcv {mmcv.__version__} (ops), mm
 PY
 }
 
+check_torch_only_env() {
+    "$PY" - <<'PY'
+import importlib.util
+import sys
+
+import torch
+
+import drconv_mmdet
+found = [name for name in ('mmengine', 'mmcv', 'mmdet') if importlib.util.find_spec(name)]
+if found:
+    sys.exit(f'[setup] this environment must be torch-only but has {", ".join(found)}')
+print(f'[setup] ok: torch {torch.__version__}, drconv_mmdet {drconv_mmdet.__version__}, '
+      'no OpenMMLab')
+PY
+}
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$stamp" ] && check_env 2>/dev/null; then
     exit 0
 fi
@@ -63,34 +103,42 @@ say "installing build tools (requirements/build.txt)"
 if [ "$KEEP_TORCH" = 1 ] && "$PY" -c 'import torch' 2>/dev/null; then
     say "keeping torch $("$PY" -c 'import torch; print(torch.__version__)')"
 else
-    say "installing torch==$TORCH_VERSION"
-    "${PIP[@]}" install -q "torch==$TORCH_VERSION"
+    torch_pkgs=("torch==$TORCH_VERSION")
+    [ -z "$TORCHVISION_VERSION" ] || torch_pkgs+=("torchvision==$TORCHVISION_VERSION")
+    say "installing ${torch_pkgs[*]}"
+    if [ -n "$TORCH_WHEELHOUSE" ]; then
+        # pip's own HTTP cache is no help here: proxies that drop Cache-Control headers disable it.
+        "${PIP[@]}" download -q -d "$TORCH_WHEELHOUSE" "${torch_pkgs[@]}"
+        "${PIP[@]}" install -q --no-index --find-links "$TORCH_WHEELHOUSE" "${torch_pkgs[@]}"
+    else
+        "${PIP[@]}" install -q "${torch_pkgs[@]}"
+    fi
 fi
-
-# mmcv imports mmengine, so mmengine comes first; mmcv's other needs come with it.
-say "installing mmengine==$MMENGINE_VERSION"
-"${PIP[@]}" install -q "mmengine==$MMENGINE_VERSION" Pillow
 
 mmcv_ok() {
     "$PY" -c "import mmcv, sys; from mmcv.ops import RoIAlign, nms; sys.exit(mmcv.__version__ != '$MMCV_VERSION')" 2>/dev/null
 }
-if mmcv_ok; then
-    say "mmcv $MMCV_VERSION with ops already installed"
-else
+
+install_mmcv() {
     # A wheel is only valid for the python, torch and CUDA it was compiled against.
-    key=$("$PY" -c 'import sys, torch; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}")')
+    # The CUDA ops are built only where a GPU is visible, so the key says when a wheel has them.
+    cuda=$("$PY" -c 'import torch; print(int(torch.cuda.is_available()))')
+    key=$("$PY" -c 'import sys, torch
+cuda = f"-cuda{torch.version.cuda}" if torch.cuda.is_available() else ""
+print(f"cp{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}{cuda}")')
     cache_dir="$MMCV_WHEEL_CACHE/mmcv-$MMCV_VERSION-$key"
     wheel=$(ls "$cache_dir"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
     if [ -z "$wheel" ]; then
         mkdir -p "$cache_dir"
         log="$cache_dir/build.log"
-        cuda=$("$PY" -c 'import torch; print(int(torch.cuda.is_available()))')
+        # --no-cache-dir: pip would otherwise hand back the wheel it built for another torch
+        # (`undefined symbol` at `import mmcv.ops`).
         say "building mmcv $MMCV_VERSION with ops from the sdist (CUDA: $cuda). This is slow:"
         say "about 16 minutes on 2 CPU cores for the CPU ops, much longer with CUDA. Full log: $log"
         build_dir=$(mktemp -d)
         set +e
         MMCV_WITH_OPS=1 FORCE_CUDA=$cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} \
-            "${PIP[@]}" wheel -v --no-build-isolation --no-deps -w "$build_dir" "mmcv==$MMCV_VERSION" 2>&1 \
+            "${PIP[@]}" wheel -v --no-cache-dir --no-build-isolation --no-deps -w "$build_dir" "mmcv==$MMCV_VERSION" 2>&1 \
             | tee "$log" | grep --line-buffered -oE '^ *\[[0-9]+/[0-9]+\]' | sed -u 's/^ */[setup]   compiled /'
         status=${PIPESTATUS[0]}
         set -e
@@ -104,13 +152,28 @@ else
     fi
     "${PIP[@]}" install -q --no-deps --force-reinstall "$wheel"
     mmcv_ok || die "mmcv $MMCV_VERSION is installed but its compiled ops do not import"
+}
+
+if [ "$OPENMMLAB" = 1 ]; then
+    # mmcv imports mmengine, so mmengine comes first; mmcv's other needs come with it.
+    say "installing mmengine==$MMENGINE_VERSION"
+    "${PIP[@]}" install -q "mmengine==$MMENGINE_VERSION" Pillow
+    if mmcv_ok; then
+        say "mmcv $MMCV_VERSION with ops already installed"
+    else
+        install_mmcv
+    fi
+    say "installing mmdet==$MMDET_VERSION and the test tools"
+    "${PIP[@]}" install -q "mmengine==$MMENGINE_VERSION" "mmdet==$MMDET_VERSION" -r requirements/runtime.txt \
+        -r requirements/tests.txt
+else
+    say "installing the test tools"
+    "${PIP[@]}" install -q -r requirements/tests.txt
+fi
+if [ "$EDITABLE" = 1 ]; then
+    say "installing drconv-mmdet in editable mode (without its dependencies: they are in place)"
+    "${PIP[@]}" install -q --no-build-isolation --no-deps -e .
 fi
 
-say "installing mmdet==$MMDET_VERSION and the test tools"
-"${PIP[@]}" install -q "mmengine==$MMENGINE_VERSION" "mmdet==$MMDET_VERSION" -r requirements/runtime.txt \
-    -r requirements/tests.txt
-say "installing drconv-mmdet in editable mode"
-"${PIP[@]}" install -q --no-build-isolation --no-deps -e .
-
-check_env || die "the environment does not import; see the error above"
+check_env || die "the environment does not import or lacks a part; see the error above"
 echo "$stamp" > "$STAMP"
