@@ -5,6 +5,9 @@ from mmcv.cnn import build_conv_layer
 from mmdet.models.necks import FPN
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
+from torch import nn
+
+from drconv_mmdet.nn import replace_conv2d
 
 __all__ = ['DRFPN']
 
@@ -59,11 +62,16 @@ class DRFPN(FPN):
         if unknown:
             raise ValueError(f'drconv_layers has unknown layer name(s) {unknown}; the valid names '
                              f'of this FPN are {valid}')
+        if len(set(drconv_layers)) != len(drconv_layers):
+            raise ValueError(f'drconv_layers names a layer more than once: {list(drconv_layers)}')
         self.drconv_layers = tuple(drconv_layers)
-        for name in self.drconv_layers:
-            module = self.get_submodule(name)
-            conv = module.conv
-            module.conv = build_conv_layer(
-                drconv_cfg, conv.in_channels, conv.out_channels, conv.kernel_size,
-                stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                groups=conv.groups, bias=conv.bias is not None)
+
+        def build_drconv(conv: nn.Conv2d) -> nn.Module:
+            return build_conv_layer(drconv_cfg, conv.in_channels, conv.out_channels,
+                                    conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                                    dilation=conv.dilation, groups=conv.groups,
+                                    bias=conv.bias is not None)
+
+        # A fresh DRConv, trained from scratch as the FPN is; convert_to_drconv would instead
+        # start it as the randomly initialised conv.
+        replace_conv2d(self, [f'{name}.conv' for name in self.drconv_layers], build_drconv)
