@@ -188,9 +188,24 @@ def test_cli_is_idempotent(tmp_path: Path) -> None:
     assert 'is up to date' in run()
 
 
-def test_metainfo() -> None:
-    assert ToyCocoDataset.METAINFO['classes'] == TOY_COCO_CLASSES
-    assert len(ToyCocoDataset.METAINFO['palette']) == len(TOY_COCO_CLASSES)
+def test_labels_name_the_annotation_categories(toy_coco_root: str) -> None:
+    """The dataset's classes are the categories of the file, and each label names its own."""
+    init_default_scope('mmdet')
+    dataset = DATASETS.build(
+        dict(type='ToyCocoDataset', data_root=toy_coco_root,
+             ann_file='annotations/instances_train.json', data_prefix=dict(img='train/'),
+             pipeline=[]))
+    assert isinstance(dataset, ToyCocoDataset)
+    coco = COCO(os.path.join(toy_coco_root, 'annotations', 'instances_train.json'))
+    classes = dataset.metainfo['classes']
+    assert classes == tuple(cat['name'] for cat in coco.loadCats(coco.getCatIds()))
+    assert len(dataset.metainfo['palette']) == len(classes)
+    for index in range(len(dataset)):
+        info = dataset.get_data_info(index)
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=info['img_id']))
+        assert [classes[instance['bbox_label']] for instance in info['instances']] == [
+            coco.loadCats(ann['category_id'])[0]['name'] for ann in anns
+        ]
 
 
 @pytest.mark.parametrize('dataset_cfg', [
