@@ -1,17 +1,23 @@
-"""Every config of the project parses, names the plugin, and builds its model."""
+"""Every config of the project builds the model it describes; the paper's schedule is what a
+Runner builds from it; the metafiles list the configs."""
 import copy
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import REPO_ROOT
 from mmdet.registry import MODELS
 from mmengine.config import Config
+from mmengine.model import BaseModel
 from mmengine.registry import init_default_scope
+from mmengine.runner import IterBasedTrainLoop, Runner
+from torch import nn
 
-from drconv_mmdet.models.layers import DRConv2d
+from drconv_mmdet.nn import DRConv2d
 
 CONFIGS = sorted(p for p in (REPO_ROOT / 'configs').rglob('*.py') if '_base_' not in p.parts)
+PAPER_CONFIGS = sorted((REPO_ROOT / 'configs/drconv').glob('mask-rcnn_r50_*_180k_coco.py'))
 
 
 def _no_sync_bn(cfg):
@@ -26,58 +32,126 @@ def _no_sync_bn(cfg):
             _no_sync_bn(value)
 
 
-def test_configs_found():
-    names = {p.name for p in CONFIGS}
-    assert {
-        'mask-rcnn_r50_fpn_180k_coco.py', 'mask-rcnn_r50_drfpn-4r_180k_coco.py',
-        'mask-rcnn_r50_drfpn-8r_180k_coco.py', 'mask-rcnn_r50_drfpn-16r_180k_coco.py',
-        'mask-rcnn_r18_drfpn-8r_toy-coco.py'
-    } <= names
+def _drconv_cfgs(cfg):
+    """Every ``drconv_cfg`` set in a (model) config."""
+    if isinstance(cfg, dict):
+        for key, value in cfg.items():
+            if key == 'drconv_cfg' and value is not None:
+                yield value
+            yield from _drconv_cfgs(value)
+    elif isinstance(cfg, (list, tuple)):
+        for value in cfg:
+            yield from _drconv_cfgs(value)
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
-def test_config_builds(path: Path):
+def _relative(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT))
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=_relative)
+def test_model_has_drconvs_where_the_config_says(path: Path):
     init_default_scope('mmdet')
     cfg = Config.fromfile(str(path))
-    assert cfg.custom_imports == dict(imports=['drconv_mmdet'], allow_failed_imports=False)
+    # A config that mmdet's own tools run must import the plugin itself.
+    assert 'drconv_mmdet' in cfg.custom_imports['imports']
     model_cfg = copy.deepcopy(cfg.model)
     _no_sync_bn(model_cfg)
     model = MODELS.build(model_cfg)
-    assert sum(p.numel() for p in model.parameters()) > 0
+    drconvs = {name: m for name, m in model.named_modules() if isinstance(m, DRConv2d)}
+
+    drconv_cfgs = list(_drconv_cfgs(cfg.model))
+    if not drconv_cfgs:
+        assert not drconvs
+        return
+    assert drconvs
+    assert {m.region_num for m in drconvs.values()} == {c.region_num for c in drconv_cfgs}
+    if cfg.model.neck.type == 'DRFPN':
+        # Each named FPN conv is a DRConv of the shape of the conv it replaced, and no other is.
+        layers = cfg.model.neck.drconv_layers
+        assert sorted(drconvs) == sorted(f'neck.{layer}.conv' for layer in layers)
+        for name, layer in drconvs.items():
+            assert layer.kernel_size == ((1, 1) if '.lateral_convs.' in name else (3, 3))
 
 
-def test_paper_schedule():
+@pytest.fixture(scope='module')
+def paper_runner(tmp_path_factory):
+    """The train loop, optimizer and schedulers a Runner builds from the 8R config, on a
+    one-parameter model and a two-item dataset."""
     cfg = Config.fromfile(str(REPO_ROOT / 'configs/drconv/mask-rcnn_r50_drfpn-8r_180k_coco.py'))
-    assert cfg.train_cfg.type == 'IterBasedTrainLoop' and cfg.train_cfg.max_iters == 180000
-    assert 'max_epochs' not in cfg.train_cfg
-    assert cfg.train_dataloader.sampler.type == 'InfiniteSampler'
+
+    class OneParameter(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(1))
+
+        def forward(self, *args, **kwargs):
+            return {}
+
+    runner = Runner(
+        model=OneParameter(),
+        work_dir=str(tmp_path_factory.mktemp('paper_schedule')),
+        train_dataloader=dict(dataset=[0, 1], sampler=cfg.train_dataloader.sampler,
+                              batch_size=cfg.train_dataloader.batch_size,
+                              collate_fn=dict(type='pseudo_collate')),
+        train_cfg=cfg.train_cfg,
+        optim_wrapper=cfg.optim_wrapper,
+        param_scheduler=cfg.param_scheduler,
+        default_scope='mmdet')
+    # What Runner.train() builds before its first iteration.
+    runner._train_loop = runner.build_train_loop(runner._train_loop)
+    runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
+    runner.param_schedulers = runner.build_param_scheduler(runner.param_schedulers)
+    return runner
+
+
+def test_paper_schedule_as_a_runner_builds_it(paper_runner):
+    """Sec. 4.3: 180k iterations, warm-up with factor 0.33 over 500 iterations, lr x 0.1 at
+    120k, 140k and 150k."""
+    assert isinstance(paper_runner.train_loop, IterBasedTrainLoop)
+    assert paper_runner.max_iters == 180000
+    optimizer = paper_runner.optim_wrapper.optimizer
+    assert type(optimizer) is torch.optim.SGD
+    assert optimizer.defaults['momentum'] == 0.9 and optimizer.defaults['weight_decay'] == 1e-4
+    base_lr = 0.02  # our reading of the paper's lr, see the config
+    factors = {0: 0.33, 500: 1, 119999: 1, 120000: 0.1, 139999: 0.1, 140000: 0.01,
+               149999: 0.01, 150000: 0.001, 179999: 0.001}
+    lrs = []
+    paper_runner.optim_wrapper.step()  # the schedulers expect an optimizer step before theirs
+    for _ in range(paper_runner.max_iters):
+        lrs.append(optimizer.param_groups[0]['lr'])
+        for scheduler in paper_runner.param_schedulers:
+            scheduler.step()
+    for iteration, factor in factors.items():
+        assert lrs[iteration] == pytest.approx(base_lr * factor), iteration
+    # mmengine's LinearLR reaches the full lr at its last iteration, end - 1.
+    warmup = lrs[:500]
+    assert warmup[-1] == pytest.approx(base_lr)
+    steps = [b - a for a, b in zip(warmup, warmup[1:])]
+    assert min(steps) == pytest.approx(max(steps)) and min(steps) > 0, 'warm-up must be linear'
+
+
+@pytest.mark.parametrize('path', PAPER_CONFIGS, ids=_relative)
+def test_paper_configs_sample_512_rois_of_16_images(path: Path):
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(str(path))
+    roi_head = MODELS.build(dict(cfg.model.roi_head, train_cfg=cfg.model.train_cfg.rcnn))
+    assert roi_head.bbox_sampler.num == 512
+    # 8 GPUs x 2 images: the total batch that auto_scale_lr scales from.
     assert cfg.train_dataloader.batch_size * 8 == cfg.auto_scale_lr.base_batch_size == 16
-    warmup, steps = cfg.param_scheduler
-    assert (warmup.type, warmup.start_factor, warmup.end, warmup.by_epoch) == ('LinearLR', 0.33,
-                                                                              500, False)
-    assert steps.milestones == [120000, 140000, 150000] and steps.gamma == 0.1
-    assert cfg.optim_wrapper.optimizer == dict(type='SGD', lr=0.02, momentum=0.9,
-                                               weight_decay=1e-4)
-    assert cfg.model.train_cfg.rcnn.sampler.num == 512
-    assert cfg.default_hooks.checkpoint.by_epoch is False and cfg.log_processor.by_epoch is False
-    assert cfg.model.neck.drconv_cfg.region_num == 8
-    assert cfg.val_evaluator.metric == ['bbox', 'segm']
 
 
-def test_metafiles_point_at_configs():
+def test_metafiles_name_their_configs():
     index = yaml.safe_load((REPO_ROOT / 'model-index.yml').read_text())
+    listed = []
     for metafile in index['Import']:
         meta = yaml.safe_load((REPO_ROOT / metafile).read_text())
+        collections = {collection['Name'] for collection in meta['Collections']}
         for model in meta['Models']:
-            assert (REPO_ROOT / model['Config']).is_file(), model['Config']
-            assert model['Weights'] is None
-
-
-def test_lateral_config_puts_drconv_in_p2_p3_laterals():
-    init_default_scope('mmdet')
-    cfg = Config.fromfile(
-        str(REPO_ROOT / 'configs/drconv/mask-rcnn_r50_drfpn-lateral-8r_180k_coco.py'))
-    neck = MODELS.build(cfg.model.neck)
-    drconvs = {name: m for name, m in neck.named_modules() if isinstance(m, DRConv2d)}
-    assert sorted(drconvs) == ['lateral_convs.0.conv', 'lateral_convs.1.conv']
-    assert all(m.kernel_size == (1, 1) and m.region_num == 8 for m in drconvs.values())
+            config = REPO_ROOT / model['Config']
+            assert config.is_file() and config.stem == model['Name']
+            assert model['In Collection'] in collections
+            # Results are this model's measured numbers: none until weights of ours exist.
+            assert 'Results' not in model and 'Weights' not in model
+            listed.append(config)
+    assert listed and len(set(listed)) == len(listed)
