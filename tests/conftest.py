@@ -63,7 +63,8 @@ def tiny_run_options(data_root: str, max_iters: int = 4, checkpoint_interval: in
     return ['--cfg-options', *options]
 
 
-def run_tool(*args: str, env: Optional[dict] = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_tool(*args: str, env: Optional[dict] = None,
+             timeout: int = 600) -> subprocess.CompletedProcess:
     """Runs a command from the repository root with this interpreter, capturing its output."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([*args], cwd=REPO_ROOT, env=full_env, capture_output=True, text=True,

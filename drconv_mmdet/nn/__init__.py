@@ -3,5 +3,6 @@ from .drconv2d import DRConv2d
 from .filter_generators import BasisFilterGenerator, PaperFilterGenerator
 
 __all__ = [
-    'DRConv2d', 'PaperFilterGenerator', 'BasisFilterGenerator', 'convert_to_drconv', 'replace_conv2d'
+    'DRConv2d', 'PaperFilterGenerator', 'BasisFilterGenerator', 'convert_to_drconv',
+    'replace_conv2d'
 ]

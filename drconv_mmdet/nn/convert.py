@@ -12,8 +12,7 @@ __all__ = ['convert_to_drconv', 'replace_conv2d']
 MAX_LISTED = 12
 
 
-def convert_to_drconv(model: nn.Module, layer_names: Sequence[str],
-                      **drconv_kwargs) -> List[str]:
+def convert_to_drconv(model: nn.Module, layer_names: Sequence[str], **drconv_kwargs) -> List[str]:
     """Replaces the named convolutions of ``model`` by DRConvs that start as those convolutions.
 
     Each named ``nn.Conv2d`` becomes ``DRConv2d.from_conv(conv, **drconv_kwargs)``: at conversion
@@ -138,9 +137,11 @@ def _plain_attribute_holders(modules: Dict[str, nn.Module], conv: nn.Module) -> 
         for attr, value in vars(owner).items():
             if attr == '_modules':
                 continue
-            items = value.values() if isinstance(value, dict) else value
-            if value is conv or (isinstance(value, (list, tuple, dict, set))
-                                 and any(item is conv for item in items)):
+            if isinstance(value, dict):
+                items = value.values()
+            else:
+                items = value if isinstance(value, (list, tuple, set)) else [value]
+            if any(item is conv for item in items):
                 holders.append(f'{owner_name}.{attr}' if owner_name else attr)
     return sorted(set(holders))
 

@@ -123,7 +123,8 @@ ZOO_CHOICES = re.escape("Convertible nn.Conv2d layers: ['ok']")
     (['grouped'], r'it is an nn\.Conv2d with groups=2; DRConv2d supports groups=1 only'),
     (['up'], r'it is a transposed convolution'),
     (['reflect'], r"padding_mode='reflect'; DRConv2d pads with zeros only"),
-    (['even_same'], r"it is an nn\.Conv2d whose padding DRConv2d cannot reproduce \(padding='same'"),
+    (['even_same'],
+     r"it is an nn\.Conv2d whose padding DRConv2d cannot reproduce \(padding='same'"),
     (['normed'], r'it is a [\w.]*NormConv2d, whose forward is not nn\.Conv2d\.forward'),
     (['hooked'], r'it is an nn\.Conv2d with forward hooks, which would be lost'),
 ])
@@ -136,8 +137,8 @@ def test_errors(names, message):
 
 def test_error_lists_close_names_first_and_truncates():
     model = nn.Sequential(*[nn.Conv2d(2, 2, 1) for _ in range(20)])
-    expected = "Convertible nn.Conv2d layers: ['15', '0', '1', '2', '3', '4', '5', '6', '7', '8', " \
-               "'9', '10'] and 8 more"
+    expected = ("Convertible nn.Conv2d layers: ['15', '0', '1', '2', '3', '4', '5', '6', '7', "
+                "'8', '9', '10'] and 8 more")
     with pytest.raises(ValueError, match=re.escape(expected)):
         convert_to_drconv(model, ['15x'])
 

@@ -1,4 +1,4 @@
-"""DRConv in a detector written elsewhere: torchvision's Mask R-CNN R50-FPN, through the converter."""
+"""DRConv in a detector written elsewhere: torchvision's Mask R-CNN R50-FPN, converted by name."""
 import pytest
 import torch
 
