@@ -21,6 +21,7 @@ import warnings
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .geometry import Geometry
@@ -293,35 +294,37 @@ def _pixel_rows(image: Tensor) -> Tensor:
     return rows
 
 
-def _region_response_dots(windows: _BatchWindows, weight: Tensor, grad_rows: Tensor,
-                          geo: Geometry, scratch: _Scratch) -> Tensor:
+def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
+                          geo: Geometry) -> Tensor:
     """``<dL/dY(p), Y_j(p)>`` for every region j and pixel p (Eq. 7), as (B, m, Ho, Wo) in the
     accumulation dtype.
 
-    Every region's response is needed: m convolutions of work, one batched product per band of
-    whole samples (or of one sample's pixels) with all m filters of a sample side by side. Bands
-    are small so that the responses are still in cache for the dot products.
+    Every region's response is needed: m convolutions of work. They run as one grouped
+    convolution per band of samples (or of one sample's output rows), each sample's m filters
+    stacked as one (m*O)-channel filter: the convolution backend avoids gathering windows, and
+    its shapes do not depend on the regions (cuDNN autotunes them once). Bands are small so that
+    the responses are still in cache for the dot products.
     """
-    batch, num_regions, out_channels = weight.shape[:3]
-    out_pixels = geo.out_size[0] * geo.out_size[1]
-    dtype, acc_dtype = weight.dtype, _accumulation_dtype(weight.dtype)
-    # (B, C*kh*kw, m*O): column j*O + o is output channel o of region j.
-    all_filters = weight.reshape(batch, num_regions * out_channels,
-                                 geo.taps * weight.shape[3]).transpose(1, 2)
-    pixel_ids = torch.arange(batch * out_pixels, device=weight.device).view(batch, out_pixels)
-    grads = grad_rows[:-1].view(batch, out_pixels, 1, out_channels)
-    dots = grad_rows.new_empty((batch, out_pixels, num_regions), dtype=acc_dtype)
-    for samples, pixels in _bands(batch, out_pixels, max(all_filters.shape[1:])):
-        ids = pixel_ids[samples, pixels]
-        cols = windows.gather(windows.window_rows(ids), scratch).view(*ids.shape, -1)
-        responses = scratch.get('responses', (*ids.shape, num_regions * out_channels))
-        torch.bmm(cols, all_filters[samples], out=responses)
-        responses = responses.view(*ids.shape, num_regions, out_channels)
-        band_grads = grads[samples, pixels]
-        if acc_dtype != dtype:
-            responses, band_grads = responses.to(acc_dtype), band_grads.to(acc_dtype)
-        torch.sum(responses.mul_(band_grads), dim=-1, out=dots[samples, pixels])
-    return dots.view(batch, *geo.out_size, num_regions).permute(0, 3, 1, 2)
+    batch, num_regions, out_channels, channels, kernel_h, kernel_w = weight.shape
+    height, width = input.shape[-2:]
+    out_h, out_w = geo.out_size
+    pad_h, pad_w = geo.padding
+    acc_dtype = _accumulation_dtype(weight.dtype)
+    dots = grad_output.new_empty((batch, num_regions, out_h, out_w), dtype=acc_dtype)
+    for samples, rows in _bands(batch, out_h, num_regions * out_channels * out_w):
+        count = samples.stop - samples.start
+        # Input rows the band's windows read, and the zero rows of padding among them.
+        top = rows.start * geo.stride[0] - pad_h
+        bottom = (rows.stop - 1) * geo.stride[0] - pad_h + (kernel_h - 1) * geo.dilation[0] + 1
+        band_input = F.pad(input[samples, :, max(top, 0):min(bottom, height)],
+                           (pad_w, pad_w, max(-top, 0), max(bottom - height, 0)))
+        responses = F.conv2d(band_input.reshape(1, count * channels, *band_input.shape[-2:]),
+                             weight[samples].reshape(-1, channels, kernel_h, kernel_w),
+                             stride=geo.stride, dilation=geo.dilation, groups=count)
+        responses = responses.view(count, num_regions, out_channels, -1, out_w).to(acc_dtype)
+        band_grads = grad_output[samples, None, :, rows].to(acc_dtype)
+        dots[samples, :, rows] = (responses * band_grads).sum(dim=2)
+    return dots
 
 
 @_quiet_under_tracing
@@ -409,7 +412,7 @@ def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, gui
                                                        pad_w:pad_w + width_in]
         grad_input = _as_layout(grad_images.permute(0, 3, 1, 2), dtype, _memory_format(input))
     if need_guide:
-        grad_probs = _region_response_dots(windows, weight, grad_rows, geo, scratch)
+        grad_probs = _region_response_dots(input, weight, grad_output, geo)
         # Eq. 8: back through the softmax that stands in for the argmax; half precision would
         # lose the small probabilities, so it is done in at least float32.
         probs_dtype = torch.promote_types(guide.dtype, torch.float32)

@@ -1,0 +1,151 @@
+"""The ways the DRConv kernels cut a call into products, each checked against the float64 loop
+definition of tests/test_ops/test_dr_conv2d.py: forward and every gradient."""
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from drconv_mmdet.ops import dr_conv2d, region_products
+from test_dr_conv2d import (GEOMETRIES, LAYOUTS, grads, loop_dr_conv2d, loop_guide_grad,
+                            make_args)
+
+# How a call is cut: the product-call cost that decides how far groups are padded into length
+# classes, and the band size.
+STRATEGIES = {
+    'default': {},
+    # No padding: only groups of equal length share a product.
+    'exact_lengths': dict(call_macs=0),
+    # Every group padded to the longest one: one class, one product per band.
+    'one_padded_class': dict(call_macs=1 << 62),
+    # One-row bands: groups and samples split across bands, sums over bands.
+    'one_row_bands': dict(band_values=0),
+}
+
+
+@pytest.fixture(params=list(STRATEGIES))
+def strategy(request, monkeypatch):
+    settings = STRATEGIES[request.param]
+    if 'call_macs' in settings:
+        monkeypatch.setitem(region_products.PRODUCT_CALL_MACS, 'cpu', settings['call_macs'])
+    if 'band_values' in settings:
+        monkeypatch.setattr(region_products, 'MIN_BAND_VALUES', settings['band_values'])
+    return request.param
+
+
+def skewed_args(batch, geometry, dtype=torch.float64):
+    """Arguments whose region 0 owns most pixels, so that groups differ in length."""
+    x, weight, guide, bias, *geo = make_args(batch, 3, geometry, dtype=dtype)
+    guide = guide.clone()
+    guide[:, 0] += 1.0
+    return (x, weight, guide, bias, *geo)
+
+
+def check_against_loop(args, layout):
+    x, weight, guide, bias, stride, padding, dilation = args
+    leaves = [t.requires_grad_() for t in (x, weight, guide, bias)]
+    out = dr_conv2d(LAYOUTS[layout](x), weight, LAYOUTS[layout](guide), bias, stride, padding,
+                    dilation)
+    expected, responses = loop_dr_conv2d(x, weight, guide, bias, stride, padding, dilation)
+    torch.testing.assert_close(out, expected)
+    grad_out = torch.randn_like(out)
+    got = grads(out, leaves, grad_out)
+    want_x, want_w = torch.autograd.grad(expected, (x, weight), grad_out)
+    want_guide = loop_guide_grad(guide.detach(), responses, grad_out)
+    for g, want in zip(got, (want_x, want_w, want_guide, grad_out.sum(dim=(0, 2, 3)))):
+        torch.testing.assert_close(g, want)
+
+
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+@pytest.mark.parametrize('geometry', GEOMETRIES)
+def test_strategies_match_loop(strategy, geometry, layout):
+    check_against_loop(skewed_args(2, geometry), layout)
+
+
+@pytest.mark.parametrize('geometry', [GEOMETRIES[1], GEOMETRIES[4]])
+def test_strategies_non_contiguous(strategy, geometry):
+    check_against_loop(skewed_args(2, geometry), 'non_contiguous')
+
+
+def test_strategies_batch_zero(strategy):
+    x, weight, guide, bias, *geo = make_args(0, 3, GEOMETRIES[2])
+    leaves = [t.requires_grad_() for t in (x, weight, guide, bias)]
+    out = dr_conv2d(*leaves, *geo)
+    assert out.shape == (0, weight.shape[2], *guide.shape[-2:])
+    for g, leaf in zip(torch.autograd.grad(out.sum() + bias.sum(), leaves), leaves):
+        assert g.shape == leaf.shape
+
+
+def test_strategies_gradcheck(strategy):
+    x, weight, guide, bias, *geo = skewed_args(2, GEOMETRIES[4])
+    leaves = [t.requires_grad_() for t in (x, weight, bias)]
+    assert gradcheck(lambda x_, w_, b_: dr_conv2d(x_, w_, guide, b_, *geo), leaves,
+                     fast_mode=True)
+
+
+def test_length_classes():
+    counts = [3, 0, 5, 5, 1]
+    # Equal lengths share a class even without slack; empty groups are left out.
+    assert region_products._length_classes(counts, 0) == [([2, 3], 5), ([0], 3), ([4], 1)]
+    # Group 0 adds 2 padded rows, group 4 would add 4 more.
+    assert region_products._length_classes(counts, 2) == [([2, 3, 0], 5), ([4], 1)]
+    assert region_products._length_classes(counts, 6) == [([2, 3, 0, 4], 5)]
+    assert region_products._length_classes([0, 0], 6) == []
+
+
+def test_bands(monkeypatch):
+    monkeypatch.setattr(region_products, 'MIN_BAND_VALUES', 24)
+    # Rows 4 wide: 6 rows per band, i.e. 3 whole groups of 2 rows.
+    assert list(region_products._bands(4, 2, 4)) == [(slice(0, 3), slice(0, 2)),
+                                                     (slice(3, 4), slice(0, 2))]
+    # Groups of 8 rows do not fit: pieces of one group.
+    assert list(region_products._bands(2, 8, 4)) == [
+        (slice(0, 1), slice(0, 6)), (slice(0, 1), slice(6, 8)),
+        (slice(1, 2), slice(0, 6)), (slice(1, 2), slice(6, 8))]
+    # Rows wider than a band still go one at a time.
+    assert list(region_products._bands(1, 2, 100)) == [(slice(0, 1), slice(0, 1)),
+                                                       (slice(0, 1), slice(1, 2))]
+
+
+def relative_error(got, want):
+    return ((got.float() - want).norm() / want.norm()).item()
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('band_values', [None, 1500])
+def test_half_gradients_match_float32(dtype, band_values, monkeypatch):
+    """Half-precision gradients of half-representable inputs are float32's within the rounding
+    of the results: sums over bands (10-row bands: 1500 values of 144-value windows), overlapping
+    windows and channels are kept in float32."""
+    if band_values is not None:
+        monkeypatch.setattr(region_products, 'MIN_BAND_VALUES', band_values)
+    gen = torch.Generator().manual_seed(0)
+    shapes = dict(x=(2, 16, 12, 10), weight=(2, 4, 8, 16, 3, 3), guide=(2, 4, 12, 10), bias=(8, ))
+    args32 = {k: torch.randn(*s, generator=gen).to(dtype).float() for k, s in shapes.items()}
+    args32['weight'] = args32['weight'] * 0.1
+    args_half = {k: v.to(dtype).requires_grad_() for k, v in args32.items()}
+    args32 = {k: v.requires_grad_() for k, v in args32.items()}
+    out32 = dr_conv2d(args32['x'], args32['weight'], args32['guide'], args32['bias'], padding=1)
+    out_half = dr_conv2d(args_half['x'], args_half['weight'], args_half['guide'],
+                         args_half['bias'], padding=1)
+    assert out_half.dtype == dtype
+    assert relative_error(out_half, out32) < 1e-2
+    grad_out = torch.randn(out32.shape, generator=gen).to(dtype)
+    for name, g_half, g32 in zip(
+            args32, torch.autograd.grad(out_half, list(args_half.values()), grad_out),
+            torch.autograd.grad(out32, list(args32.values()), grad_out.float())):
+        assert g_half.dtype == dtype
+        assert relative_error(g_half, g32) < 1e-2, name
+
+
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_cuda_matches_cpu(layout):
+    if not torch.cuda.is_available():
+        pytest.skip('needs a CUDA device')
+    x, weight, guide, bias, *geo = skewed_args(3, GEOMETRIES[4])
+    cpu = [t.requires_grad_() for t in (x, weight, guide, bias)]
+    cuda = [t.detach().cuda().requires_grad_() for t in cpu]
+    out_cpu = dr_conv2d(LAYOUTS[layout](cpu[0]), *cpu[1:], *geo)
+    out_cuda = dr_conv2d(LAYOUTS[layout](cuda[0]), *cuda[1:], *geo)
+    torch.testing.assert_close(out_cuda.cpu(), out_cpu)
+    grad_out = torch.randn_like(out_cpu)
+    for g_cuda, g_cpu in zip(grads(out_cuda, cuda, grad_out.cuda()), grads(out_cpu, cpu, grad_out)):
+        torch.testing.assert_close(g_cuda.cpu(), g_cpu)
