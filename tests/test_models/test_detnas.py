@@ -1,4 +1,3 @@
-import logging
 import re
 import subprocess
 import sys
@@ -10,7 +9,6 @@ import torch.nn as nn
 from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -39,27 +37,6 @@ ARCH_POINTWISE_CONVS = {
 
 # Few regions and bases keep the CPU tests fast; the DRConv layer has its own tests.
 DRCONV_CFG = dict(type='DRConv', region_num=4, generator='basis', num_bases=2)
-
-
-class _MessageList(logging.Handler):
-    """Keeps the messages of the warnings it handles."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def mmengine_warnings():
-    """Warnings logged by mmengine's current logger, which does not propagate to caplog."""
-    logger = MMLogger.get_current_instance()
-    handler = _MessageList()
-    logger.addHandler(handler)
-    yield handler.messages
-    logger.removeHandler(handler)
 
 
 def _random_state_dict(model):
@@ -314,36 +291,113 @@ def test_detnas_drconv_forward_backward(shared_guide):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_detnas_drconv_pretrained_skips_plain_pointwise_weights(tmp_path, mmengine_warnings):
-    state_dict = _random_state_dict(DetNAS())
+def _plain_detnas(seed=0):
+    """A plain DetNAS in eval mode with random conv weights and BN statistics, as trained."""
+    torch.manual_seed(seed)
+    model = DetNAS()
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.1)
+    return model.eval()
+
+
+def _assert_same_outputs(outs, expected_outs):
+    """Float32 tolerance, relative to each output's scale (20 blocks of rounding)."""
+    assert len(outs) == len(expected_outs) == 4
+    for out, expected in zip(outs, expected_outs):
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+
+
+def _drconv_backbone_cfg(checkpoint, **kwargs):
+    """The backbone of the DRConv DetNAS config, on BN, with ``checkpoint`` as its weights."""
+    config = CONFIG_DIR / 'faster-rcnn_detnas-300m-drconv-8r_fpn-4conv1fc_90k_coco.py'
+    backbone = Config.fromfile(str(config)).model.backbone
+    backbone.update(norm_cfg=dict(type='BN'),
+                    init_cfg=dict(type='Pretrained', checkpoint=checkpoint), **kwargs)
+    return backbone
+
+
+@pytest.mark.parametrize('drconv_proj, shared_guide', [(False, False), (True, False),
+                                                       (False, True), (True, True)])
+def test_detnas_drconv_starts_from_converted_imagenet_weights(tmp_path, drconv_proj,
+                                                              shared_guide):
+    plain = _plain_detnas()
     path = tmp_path / 'detnas.pth'
-    torch.save(dict(state_dict=state_dict), path)
-    model = DetNAS(drconv_cfg=DRCONV_CFG, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    converted = convert_detnas_checkpoint(_official_checkpoint(plain.state_dict()))
+    torch.save(dict(state_dict=converted), path)
+    init_default_scope('mmdet')
+    # The config's backbone with fewer regions and bases, to keep the test fast.
+    model = MODELS.build(
+        _drconv_backbone_cfg(str(path), drconv_proj=drconv_proj, shared_guide=shared_guide,
+                             drconv_cfg=DRCONV_CFG))
     model.init_weights()
-
-    skipped = {f'{name}.weight' for name in model.drconv_names}
-    warnings = [m for m in mmengine_warnings if 'plain 1x1 conv weights' in m]
-    assert len(warnings) == 1
-    assert re.match(
-        r'46 plain 1x1 conv weights were not loaded because those convs are DRConv layers here; '
-        r'they keep their own initialization\. Skipped: '
-        r'features\.0\.conv\.0\.interstellar1a_shufflenet_7x7_branch2a\.weight, ', warnings[0])
-    loaded = model.state_dict()
-    assert all(
-        torch.equal(loaded[key], value) for key, value in state_dict.items() if key not in skipped)
+    model.eval()
+    assert len(model.drconv_names) == (50 if drconv_proj else 46)
+    x = torch.rand(2, 3, 32, 64) * 255
+    with torch.no_grad():
+        _assert_same_outputs(model(x), plain(x))
 
 
-def test_detnas_drconv_skips_plain_weights_under_a_prefix(mmengine_warnings):
+@pytest.mark.parametrize('shared_guide', [False, True])
+def test_detnas_drconv_loads_plain_detector_weights_strictly(shared_guide):
+    """``load_from`` a plain detector: keys under ``backbone.``, no key missing or unexpected."""
+    plain = _plain_detnas(seed=1)
     detector = nn.Module()
-    detector.backbone = DetNAS(drconv_cfg=DRCONV_CFG, drconv_proj=True)
-    state_dict = {f'backbone.{key}': value for key, value in DetNAS().state_dict().items()}
-    result = detector.load_state_dict(state_dict, strict=False)
-    drconv_prefixes = tuple(f'backbone.{name}.' for name in detector.backbone.drconv_names)
-    assert result.unexpected_keys == []
-    assert all(key.startswith(drconv_prefixes) for key in result.missing_keys)
-    assert [m.split(' because')[0]
-            for m in mmengine_warnings] == ['50 plain 1x1 conv weights were not loaded']
-    assert 'backbone.features.0.proj_conv.interstellar1a_proj.weight' in mmengine_warnings[0]
+    detector.backbone = DetNAS(drconv_cfg=DRCONV_CFG, drconv_proj=True, shared_guide=shared_guide)
+    guide_convs = {name: m.weight.clone() for name, m in detector.named_modules()
+                   if name.endswith('guide_conv')}
+    state_dict = {f'backbone.{key}': value for key, value in plain.state_dict().items()}
+    detector.load_state_dict(state_dict, strict=True)
+    detector.eval()
+    assert all(torch.equal(detector.get_submodule(name).weight, weight)
+               for name, weight in guide_convs.items())
+    assert len(guide_convs) == (20 if shared_guide else 0)
+    x = torch.rand(1, 3, 32, 64) * 255
+    with torch.no_grad():
+        _assert_same_outputs(detector.backbone(x), plain(x))
+
+
+def test_detnas_drconv_loads_its_own_checkpoints_unchanged():
+    model = DetNAS(drconv_cfg=DRCONV_CFG, shared_guide=True)
+    state_dict = _random_state_dict(model)
+    other = DetNAS(drconv_cfg=DRCONV_CFG, shared_guide=True)
+    other.load_state_dict(state_dict, strict=True)
+    assert all(torch.equal(other.state_dict()[key], value) for key, value in state_dict.items())
+
+
+def test_detnas_drconv_refuses_a_plain_weight_of_another_shape():
+    state_dict = DetNAS().state_dict()
+    key = 'features.0.conv.0.interstellar1a_shufflenet_7x7_branch2a.weight'
+    state_dict[key] = torch.rand(32, 8, 1, 1)
+    model = DetNAS(drconv_cfg=DRCONV_CFG)
+    with pytest.raises(ValueError, match=re.escape(
+            f'{key} must have the shape (32, 16, 1, 1) of the DRConv at '
+            'features.0.conv.0.interstellar1a_shufflenet_7x7_branch2a, but got (32, 8, 1, 1)')):
+        model.load_state_dict(state_dict)
+
+
+@pytest.mark.parametrize('op, sampled', [('shufflenet_3x3', [False, True]),
+                                         ('xception_3x3', [True, True, True])])
+def test_shared_guide_is_taken_at_the_depthwise_window_centres(op, sampled):
+    """At odd sizes a nearest resize would drift (rows 0, 1, 3, 5 of 7); the block's stride
+    samples rows 0, 2, 4, 6."""
+    block = DetNASBlock('1a', op, 4, 12, stride=2, drconv_cfg=DRCONV_CFG, drconv_proj=True,
+                        shared_guide=True)
+    seen = {}
+    for unit in [*block.conv, block.proj_conv]:
+        unit.pointwise.register_forward_pre_hook(
+            lambda module, args, name=unit.pointwise_name: seen.__setitem__(name, args[1]))
+    x = torch.rand(2, 4, 7, 9)
+    block(x)
+    guide = block.guide_conv(x)
+    strided = guide[:, :, 0::2, 0::2]
+    assert seen.pop(block.proj_conv.pointwise_name).equal(strided)
+    assert len(block.conv) == len(sampled)
+    for unit, is_sampled in zip(block.conv, sampled):
+        assert seen[unit.pointwise_name].equal(strided if is_sampled else guide)
 
 
 def _official_checkpoint(state_dict, wrapped=True, data_parallel=True):

@@ -2,6 +2,8 @@
 import pytest
 import torch
 from mmcv.cnn import ConvModule, build_conv_layer
+from mmdet.registry import MODELS
+from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import DefaultScope, init_default_scope
 
 from drconv_mmdet.models.layers import DRConv2d
@@ -47,3 +49,54 @@ def test_conv_module_keeps_the_layer_init():
     out = module.conv(torch.randn(4, 16, 8, 8))
     # Variance-preserving init: the output is on the scale of the input, not 0 nor exploding.
     assert 0.2 < out.std().item() < 3.0
+
+
+def _drconv_params(model):
+    return {
+        f'{name}.{param_name}': param
+        for name, module in model.named_modules() if isinstance(module, DRConv2d)
+        for param_name, param in module.named_parameters()
+    }
+
+
+def test_bias_rules_of_the_optimizer_reach_every_drconv_bias():
+    """mmengine matches parameters named exactly ``bias`` of a module; every bias-like DRConv
+    parameter must be one, or bias_lr_mult and bias_decay_mult silently skip it."""
+    model = torch.nn.Sequential(
+        DRConv2d(4, 6, 3, padding=1, region_num=2, generator='paper', static_kernel=True),
+        DRConv2d(6, 6, 1, region_num=3, generator='basis'),
+        torch.nn.Conv2d(6, 2, 1))
+    constructor = DefaultOptimWrapperConstructor(
+        dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.01, weight_decay=1e-4)),
+        paramwise_cfg=dict(bias_lr_mult=2., bias_decay_mult=0.))
+    groups = {
+        id(param): group
+        for group in constructor(model).optimizer.param_groups for param in group['params']
+    }
+    params = _drconv_params(model)
+    biases = {name for name in params if name.endswith('bias')}
+    assert biases == {
+        f'{i}.{name}' for i in (0, 1) for name in ('bias', 'guide.bias')
+    } | {'0.generator.reduce.bias', '0.generator.expand.bias', '1.generator.routing.bias'}
+    # Every 1-D parameter of the layer is a bias.
+    assert {name for name, param in params.items() if param.dim() == 1} == biases
+    for name, param in params.items():
+        expected = (0.02, 0.) if name in biases else (0.01, 1e-4)
+        assert (groups[id(param)]['lr'], groups[id(param)]['weight_decay']) == expected, name
+
+
+def test_fpn_xavier_init_cfg_leaves_the_drconv_init_alone():
+    """FPN's init_cfg dict(type='Xavier', layer='Conv2d') matches modules by class name (and
+    base class names); the DRConv's guide and generators must keep their own init."""
+    neck = MODELS.build(
+        dict(type='DRFPN', in_channels=[4, 8], out_channels=6, num_outs=2,
+             drconv_cfg=dict(type='DRConv', region_num=2, generator='paper', static_kernel=True),
+             drconv_layers=('fpn_convs.0', 'lateral_convs.1'),
+             init_cfg=dict(type='Xavier', layer='Conv2d', distribution='uniform')))
+    before = {name: param.detach().clone() for name, param in _drconv_params(neck).items()}
+    assert len(before) == 2 * 8
+    plain = neck.lateral_convs[0].conv.weight.detach().clone()
+    neck.init_weights()
+    assert not torch.equal(neck.lateral_convs[0].conv.weight, plain)
+    for name, param in _drconv_params(neck).items():
+        assert torch.equal(param, before[name]), name

@@ -10,7 +10,8 @@ from drconv_mmdet.ops import dr_conv2d
 
 
 @pytest.mark.parametrize('generator', ['paper', 'basis'])
-@pytest.mark.parametrize('kernel_size, stride, padding', [(1, 1, 0), (3, 1, 1), (3, 2, 1), (1, 2, 0)])
+@pytest.mark.parametrize('kernel_size, stride, padding',
+                         [(1, 1, 0), (3, 1, 1), (3, 2, 1), (1, 2, 0)])
 def test_forward_backward_reaches_every_parameter(generator, kernel_size, stride, padding):
     layer = DRConv2d(6, 5, kernel_size, stride=stride, padding=padding, region_num=4,
                      generator=generator)

@@ -16,6 +16,7 @@ from mmengine.model import BaseModule, Sequential
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from drconv_mmdet.torch_compat import register_load_state_dict_pre_hook
 from .detnas_blocks import BLOCK_OPS, DetNASBlock, SpatialPointwiseUnit
 
 
@@ -36,11 +37,12 @@ class DetNAS(BaseModule):
     ImageNet weights load without renaming once the classifier is dropped (see
     :func:`~drconv_mmdet.models.backbones.convert_detnas_checkpoint`).
 
-    With ``drconv_cfg`` the 1x1 convs of the searched branches become DRConv. Plain 1x1 weights
-    cannot be loaded into a DRConv: when a state dict (e.g. from ``init_cfg=dict(type=
-    'Pretrained', ...)``) holds plain weights at DRConv positions, they are skipped with one
-    logged warning that counts them, the rest loads and the DRConv layers keep their own
-    initialization.
+    With ``drconv_cfg`` the 1x1 convs of the searched branches become DRConv. A plain
+    checkpoint (e.g. the ImageNet weights through ``init_cfg=dict(type='Pretrained', ...)``, or a
+    plain detector through ``load_from``) loads into it: each DRConv starts from the plain 1x1
+    weight at its position, every region's filter being that weight, as
+    :meth:`~drconv_mmdet.nn.DRConv2d.from_conv` does, so the backbone starts as the pretrained
+    plain one. The guide convs keep their initialisation.
 
     Args:
         arch (str): Searched architecture, a key of :attr:`arch_settings`.
@@ -154,7 +156,7 @@ class DetNAS(BaseModule):
         self.stage_ends = tuple(end - 1 for end in accumulate(setting['stage_blocks']))
 
         if drconv_cfg is not None:
-            self.register_load_state_dict_pre_hook(self._skip_plain_drconv_weights)
+            register_load_state_dict_pre_hook(self, self._start_drconvs_from_plain_weights)
         self._freeze_stages()
 
     @property
@@ -165,31 +167,52 @@ class DetNAS(BaseModule):
             if isinstance(unit, SpatialPointwiseUnit) and unit.with_drconv
         ]
 
-    def _skip_plain_drconv_weights(self, module: nn.Module, state_dict: Dict[str, Any], prefix: str,
-                                   *args: Any) -> None:
-        """Load-state-dict pre-hook dropping plain 1x1 weights found at DRConv positions.
+    def _start_drconvs_from_plain_weights(self, module: nn.Module, state_dict: Dict[str, Any],
+                                          prefix: str, *args: Any) -> None:
+        """Load-state-dict pre-hook: plain 1x1 weights at DRConv positions start the DRConvs.
+
+        Each such weight is turned into the state of its DRConv as
+        :meth:`~drconv_mmdet.nn.DRConv2d.from_conv` would (every region's filter is the plain
+        weight, the guide conv keeps its initialisation), so the backbone computes what the
+        plain one computes. Shared guide convs, which plain checkpoints lack, keep their
+        initialisation too. Checkpoints with DRConv weights load as they are.
 
         Args:
             module (nn.Module): This backbone.
             state_dict (dict[str, Any]): The state dict being loaded; edited in place.
             prefix (str): Prefix of this backbone's keys in ``state_dict``.
             *args: The remaining arguments of a load-state-dict pre-hook, unused.
+
+        Raises:
+            ValueError: If a plain weight at a DRConv position has another shape.
         """
-        skipped = []
+        started = []
         for name in self.drconv_names:
             key = f'{prefix}{name}.weight'
-            own_weight = getattr(self.get_submodule(name), 'weight', None)
-            if key in state_dict and (own_weight is None
-                                      or own_weight.shape != state_dict[key].shape):
-                del state_dict[key]
-                skipped.append(key)
-        if skipped:
-            print_log(
-                f'{len(skipped)} plain 1x1 conv weights were not loaded because those convs '
-                f'are {self.drconv_cfg["type"]} layers here; they keep their own '
-                f'initialization. Skipped: {", ".join(skipped)}',
-                logger='current',
-                level=logging.WARNING)
+            if key not in state_dict:
+                continue
+            layer = self.get_submodule(name)
+            expected = (layer.out_channels, layer.in_channels, *layer.kernel_size)
+            if tuple(state_dict[key].shape) != expected:
+                raise ValueError(f'{key} must have the shape {expected} of the DRConv at '
+                                 f'{name}, but got {tuple(state_dict[key].shape)}')
+            layer.init_from_conv(state_dict.pop(key))
+            started.append(name)
+        if not started:
+            return
+        own_state = {
+            key: value
+            for key, value in self.state_dict(prefix=prefix, keep_vars=False).items()
+            if key.startswith(tuple(f'{prefix}{name}.' for name in started))
+            or '.guide_conv.' in key
+        }
+        for key, value in own_state.items():
+            state_dict.setdefault(key, value)
+        print_log(
+            f'{len(started)} {self.drconv_cfg["type"]} layers start from the plain 1x1 weights '
+            'at their positions (each region\'s filter is the plain weight)',
+            logger='current',
+            level=logging.INFO)
 
     def _freeze_stages(self) -> None:
         """Put the stem and the first ``frozen_stages`` stages in eval mode, without grads."""

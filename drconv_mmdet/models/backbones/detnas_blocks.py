@@ -12,6 +12,8 @@ from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from mmengine.model import BaseModule, ModuleList
 from torch import Tensor
 
+from drconv_mmdet.nn.drconv2d import sample_guide
+
 # The index of an op in this tuple is how the official architecture lists encode it.
 BLOCK_OPS = ('shufflenet_3x3', 'shufflenet_5x5', 'shufflenet_7x7', 'xception_3x3')
 
@@ -113,20 +115,43 @@ class SpatialPointwiseUnit(BaseModule):
         """nn.Module: The norm layer after the 1x1 conv."""
         return getattr(self, self.norm_name)
 
+    def pointwise_guide(self, guide: Optional[Tensor]) -> Optional[Tensor]:
+        """The guide at the 1x1 conv's resolution, from the guide at the unit's input.
+
+        Each output pixel of the depthwise conv takes the guide at the centre of its window, so
+        the 1x1 conv sees the region map where the stride samples its input.
+
+        Args:
+            guide (Tensor, optional): Guide logits of shape (B, region_num, H, W).
+
+        Returns:
+            Tensor | None: Guide logits of shape (B, region_num, H / stride, W / stride), or
+            None for no guide.
+        """
+        depthwise = self.depthwise
+        if guide is None or depthwise is None:
+            return guide
+        return sample_guide(guide, depthwise.kernel_size, depthwise.stride, depthwise.padding,
+                            depthwise.dilation)
+
     def forward(self, x: Tensor, guide: Optional[Tensor] = None) -> Tensor:
         """Forward function.
 
         Args:
             x (Tensor): Input of shape (B, C_in, H, W).
-            guide (Tensor, optional): Guide logits of shape (B, region_num, H', W') for a DRConv
-                built without its own guide conv; ignored by a plain 1x1 conv. Defaults to None.
+            guide (Tensor, optional): Guide logits of shape (B, region_num, H, W), at the unit's
+                input resolution, for a DRConv built without its own guide conv; ignored by a
+                plain 1x1 conv. Defaults to None.
 
         Returns:
             Tensor: Output of shape (B, C_out, H / stride, W / stride).
         """
         if self.depthwise_name is not None:
             x = self.depthwise_norm(self.depthwise(x))
-        x = self.pointwise(x, guide) if self.with_drconv else self.pointwise(x)
+        if self.with_drconv:
+            x = self.pointwise(x, self.pointwise_guide(guide))
+        else:
+            x = self.pointwise(x)
         return self.activation(self.norm(x))
 
 
@@ -242,4 +267,5 @@ class DetNASBlock(BaseModule):
             shortcut = self.proj_conv(x, guide)
         for unit in self.conv:
             x = unit(x, guide)
+            guide = unit.pointwise_guide(guide)
         return torch.cat((shortcut, self.relu(x)), dim=1)
