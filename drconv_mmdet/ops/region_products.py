@@ -206,12 +206,16 @@ class _Band(NamedTuple):
 class _LengthClasses:
     """Output pixels grouped by key ``b*m + region``, the groups cut into length classes.
 
-    ``key_order`` lists the non-empty groups class by class. The *block layout* has one row per
-    pixel of every group, class by class, each group padded to its class's length with the pixel
-    id ``N``; ``pixels`` holds its pixel ids and ``block_row`` the row of every pixel ``n``.
+    ``key_order`` lists the groups class by class. The *block layout* has one row per pixel of
+    every group, class by class, each group padded to its class's length with the pixel id
+    ``N``; ``pixels`` holds its pixel ids and ``block_row`` the row of every pixel ``n``.
+
+    With ``in_key_order``, every group, empty or not, is padded to the longest in key order, so
+    that a band's filters are a slice of ``weight`` itself (see :func:`_filters_outweigh_windows`).
     """
 
-    def __init__(self, regions: Tensor, num_regions: int, macs_per_row: int) -> None:
+    def __init__(self, regions: Tensor, num_regions: int, out_channels: int, width: int,
+                 in_key_order: bool) -> None:
         batch, out_pixels = regions.shape
         device = regions.device
         num_pixels = batch * out_pixels
@@ -221,8 +225,12 @@ class _LengthClasses:
                                     torch.arange(batch * num_regions + 1, device=device))
         starts_host = starts.tolist()  # the call's one host sync
         counts = [stop - start for start, stop in zip(starts_host, starts_host[1:])]
-        call_macs = PRODUCT_CALL_MACS.get(device.type, DEFAULT_PRODUCT_CALL_MACS)
-        classes = _length_classes(counts, call_macs // max(1, macs_per_row))
+        self.in_key_order = in_key_order
+        if in_key_order:
+            classes = [(list(range(len(counts))), max(counts))]
+        else:
+            call_macs = PRODUCT_CALL_MACS.get(device.type, DEFAULT_PRODUCT_CALL_MACS)
+            classes = _length_classes(counts, call_macs // (width * out_channels))
 
         key_order, group_start = [], [0] * len(counts)
         self.classes: List[Tuple[int, int, int, int]] = []  # (first group, groups, length, row)
@@ -252,13 +260,25 @@ class _LengthClasses:
                             block[group_slice, row_slice])
 
 
-def _band_filters(weight: Tensor, keys: Tensor, scratch: _Scratch) -> Tensor:
-    """The filters of groups ``keys`` as (S, O, C*kh*kw) matrices, copied into a reused
-    buffer."""
+def _filters_outweigh_windows(weight: Tensor, num_pixels: int) -> bool:
+    """Whether the filters hold more values than the windows of the output pixels (many regions
+    and channels on a small map). Then moving the filters into length classes costs more than
+    the products that tight classes save, and groups are padded in key order instead."""
+    batch, num_regions, out_channels = weight.shape[:3]
+    return batch * num_regions * out_channels > num_pixels
+
+
+def _band_filters(weight: Tensor, classes: _LengthClasses, band: _Band, scratch: _Scratch
+                  ) -> Tensor:
+    """The filters of a band's groups as (S, O, C*kh*kw) matrices: a slice of ``weight`` in key
+    order, else copied into a reused buffer."""
     batch, num_regions, out_channels = weight.shape[:3]
     filters = weight.reshape(batch * num_regions, out_channels, -1)
-    band = scratch.get('filters', (len(keys), *filters.shape[1:]))
-    return torch.index_select(filters, 0, keys, out=band)
+    if classes.in_key_order:
+        return filters[band.groups]
+    keys = classes.key_order[band.groups]
+    return torch.index_select(filters, 0, keys,
+                              out=scratch.get('filters', (len(keys), *filters.shape[1:])))
 
 
 def _regions(guide: Tensor) -> Tensor:
@@ -339,13 +359,14 @@ def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Opti
     if output.numel() == 0:
         return output
     windows = _BatchWindows(input, geo)
-    classes = _LengthClasses(_regions(guide), num_regions, width * out_channels)
+    classes = _LengthClasses(_regions(guide), num_regions, out_channels, width,
+                             _filters_outweigh_windows(weight, output.numel() // out_channels))
     products = input.new_empty((classes.num_rows, out_channels))
     scratch = _Scratch(input)
     for band in classes.bands(width):
         cols = windows.gather(windows.window_rows(band.pixels), scratch)
         cols = cols.view(*band.pixels.shape, width)
-        filters = _band_filters(weight, classes.key_order[band.groups], scratch).transpose(1, 2)
+        filters = _band_filters(weight, classes, band, scratch).transpose(1, 2)
         band_products = products[band.rows].view(*band.pixels.shape, out_channels)
         if bias is None:
             torch.bmm(cols, filters, out=band_products)
@@ -383,22 +404,29 @@ def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, gui
     if need_input:
         grad_window_rows = torch.zeros_like(windows.rows, dtype=acc_dtype)
     if (need_input or need_weight) and num_pixels:
-        classes = _LengthClasses(_regions(guide), num_regions, width * out_channels)
+        classes = _LengthClasses(_regions(guide), num_regions, out_channels, width,
+                                 _filters_outweigh_windows(weight, num_pixels))
         for band in classes.bands(width):
             shape = band.pixels.shape
-            keys = classes.key_order[band.groups]
             window_rows = windows.window_rows(band.pixels)
             cols = windows.gather(window_rows, scratch).view(*shape, width)
             grads = scratch.get('grads', (*shape, out_channels))
             torch.index_select(grad_rows, 0, band.pixels.flatten(),
                                out=grads.view(-1, out_channels))
             if need_weight:
-                # index_add_: a group's rows may span several bands.
-                band_grad = scratch.get('band_grad_filters', (len(keys), out_channels, width))
-                torch.bmm(grads.transpose(1, 2), cols, out=band_grad)
-                grad_filters.index_add_(0, keys, band_grad.to(acc_dtype))
+                # Sums: a group's rows may span several bands.
+                if classes.in_key_order and acc_dtype == dtype:
+                    grad_filters[band.groups].baddbmm_(grads.transpose(1, 2), cols)
+                else:
+                    band_grad = scratch.get('band_grad_filters', (shape[0], out_channels, width))
+                    torch.bmm(grads.transpose(1, 2), cols, out=band_grad)
+                    if classes.in_key_order:
+                        grad_filters[band.groups] += band_grad
+                    else:
+                        grad_filters.index_add_(0, classes.key_order[band.groups],
+                                                band_grad.to(acc_dtype))
             if need_input:
-                filters = _band_filters(weight, keys, scratch)
+                filters = _band_filters(weight, classes, band, scratch)
                 grad_cols = scratch.get('grad_cols', (*shape, width))
                 torch.bmm(grads, filters, out=grad_cols)
                 windows.add_windows(grad_window_rows, window_rows, grad_cols.view(-1, width),

@@ -1,5 +1,7 @@
 """The ways the DRConv kernels cut a call into products, each checked against the float64 loop
 definition of tests/test_ops/test_dr_conv2d.py: forward and every gradient."""
+import functools
+
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -18,6 +20,9 @@ STRATEGIES = {
     'one_padded_class': dict(call_macs=1 << 62),
     # One-row bands: groups and samples split across bands, sums over bands.
     'one_row_bands': dict(band_values=0),
+    # Filters used in place: all groups, empty ones too, padded in key order.
+    'key_order': dict(key_order=True),
+    'key_order_one_row_bands': dict(key_order=True, band_values=0),
 }
 
 
@@ -28,6 +33,8 @@ def strategy(request, monkeypatch):
         monkeypatch.setitem(region_products.PRODUCT_CALL_MACS, 'cpu', settings['call_macs'])
     if 'band_values' in settings:
         monkeypatch.setattr(region_products, 'MIN_BAND_VALUES', settings['band_values'])
+    if 'key_order' in settings:
+        monkeypatch.setattr(region_products, '_filters_outweigh_windows', lambda *args: True)
     return request.param
 
 
@@ -39,30 +46,41 @@ def skewed_args(batch, geometry, dtype=torch.float64):
     return (x, weight, guide, bias, *geo)
 
 
-def check_against_loop(args, layout):
-    x, weight, guide, bias, stride, padding, dilation = args
+@functools.lru_cache(maxsize=None)
+def loop_results(batch, geometry):
+    """The loop definition's output and gradients for ``skewed_args(batch, geometry)``, computed
+    once for every strategy and layout (the loops are the slow part)."""
+    x, weight, guide, bias, stride, padding, dilation = skewed_args(batch, geometry)
+    x.requires_grad_()
+    weight.requires_grad_()
+    expected, responses = loop_dr_conv2d(x, weight, guide, bias, stride, padding, dilation)
+    grad_out = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1),
+                           dtype=expected.dtype)
+    want_x, want_w = torch.autograd.grad(expected, (x, weight), grad_out)
+    want_guide = loop_guide_grad(guide, responses, grad_out)
+    return expected.detach(), grad_out, (want_x, want_w, want_guide, grad_out.sum(dim=(0, 2, 3)))
+
+
+def check_against_loop(batch, geometry, layout):
+    x, weight, guide, bias, stride, padding, dilation = skewed_args(batch, geometry)
     leaves = [t.requires_grad_() for t in (x, weight, guide, bias)]
     out = dr_conv2d(LAYOUTS[layout](x), weight, LAYOUTS[layout](guide), bias, stride, padding,
                     dilation)
-    expected, responses = loop_dr_conv2d(x, weight, guide, bias, stride, padding, dilation)
+    expected, grad_out, wanted = loop_results(batch, geometry)
     torch.testing.assert_close(out, expected)
-    grad_out = torch.randn_like(out)
-    got = grads(out, leaves, grad_out)
-    want_x, want_w = torch.autograd.grad(expected, (x, weight), grad_out)
-    want_guide = loop_guide_grad(guide.detach(), responses, grad_out)
-    for g, want in zip(got, (want_x, want_w, want_guide, grad_out.sum(dim=(0, 2, 3)))):
-        torch.testing.assert_close(g, want)
+    for got, want in zip(grads(out, leaves, grad_out), wanted):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
 @pytest.mark.parametrize('geometry', GEOMETRIES)
 def test_strategies_match_loop(strategy, geometry, layout):
-    check_against_loop(skewed_args(2, geometry), layout)
+    check_against_loop(2, geometry, layout)
 
 
 @pytest.mark.parametrize('geometry', [GEOMETRIES[1], GEOMETRIES[4]])
 def test_strategies_non_contiguous(strategy, geometry):
-    check_against_loop(skewed_args(2, geometry), 'non_contiguous')
+    check_against_loop(2, geometry, 'non_contiguous')
 
 
 def test_strategies_batch_zero(strategy):
@@ -91,6 +109,13 @@ def test_length_classes():
     assert region_products._length_classes([0, 0], 6) == []
 
 
+def test_filters_outweigh_windows():
+    # 2 samples x 3 regions x 4 output channels = 24 filter rows against 20 or 30 pixels.
+    weight = torch.empty(2, 3, 4, 5, 1, 1)
+    assert region_products._filters_outweigh_windows(weight, 20)
+    assert not region_products._filters_outweigh_windows(weight, 30)
+
+
 def test_bands(monkeypatch):
     monkeypatch.setattr(region_products, 'MIN_BAND_VALUES', 24)
     # Rows 4 wide: 6 rows per band, i.e. 3 whole groups of 2 rows.
@@ -110,13 +135,15 @@ def relative_error(got, want):
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('key_order', [False, True])
 @pytest.mark.parametrize('band_values', [None, 1500])
-def test_half_gradients_match_float32(dtype, band_values, monkeypatch):
+def test_half_gradients_match_float32(dtype, band_values, key_order, monkeypatch):
     """Half-precision gradients of half-representable inputs are float32's within the rounding
     of the results: sums over bands (10-row bands: 1500 values of 144-value windows), overlapping
     windows and channels are kept in float32."""
     if band_values is not None:
         monkeypatch.setattr(region_products, 'MIN_BAND_VALUES', band_values)
+    monkeypatch.setattr(region_products, '_filters_outweigh_windows', lambda *args: key_order)
     gen = torch.Generator().manual_seed(0)
     shapes = dict(x=(2, 16, 12, 10), weight=(2, 4, 8, 16, 3, 3), guide=(2, 4, 12, 10), bias=(8, ))
     args32 = {k: torch.randn(*s, generator=gen).to(dtype).float() for k, s in shapes.items()}
@@ -149,3 +176,22 @@ def test_cuda_matches_cpu(layout):
     grad_out = torch.randn_like(out_cpu)
     for g_cuda, g_cpu in zip(grads(out_cuda, cuda, grad_out.cuda()), grads(out_cpu, cpu, grad_out)):
         torch.testing.assert_close(g_cuda.cpu(), g_cpu)
+
+
+def test_padding_follows_the_call_cost(monkeypatch):
+    regions = torch.tensor([[0, 0, 0, 1], [1, 1, 0, 2]])  # groups of 3, 1, 0 and 1, 2, 1 pixels
+    monkeypatch.setitem(region_products.PRODUCT_CALL_MACS, 'cpu', 0)
+    exact = region_products._LengthClasses(regions, 3, 4, 5, in_key_order=False)
+    assert [(groups, length) for _, groups, length, _ in exact.classes] == [(1, 3), (1, 2),
+                                                                            (3, 1)]
+    assert exact.num_rows == 8  # no padding
+    monkeypatch.setitem(region_products.PRODUCT_CALL_MACS, 'cpu', 1 << 62)
+    padded = region_products._LengthClasses(regions, 3, 4, 5, in_key_order=False)
+    assert [(groups, length) for _, groups, length, _ in padded.classes] == [(5, 3)]
+    in_key_order = region_products._LengthClasses(regions, 3, 4, 5, in_key_order=True)
+    assert in_key_order.key_order.tolist() == list(range(6))
+    assert in_key_order.num_rows == 18  # every group, the empty one too, padded to 3 rows
+    for classes in (exact, padded, in_key_order):
+        # Every pixel appears once in the block layout, at its block row; the rest is padding.
+        assert classes.pixels[classes.block_row].tolist() == list(range(8))
+        assert (classes.pixels == 8).sum() == classes.num_rows - 8
