@@ -409,3 +409,13 @@ def test_jit_trace_records_one_op(op_path):
         assert kinds.count('prim::PythonOp.DRConv2dFunction') == 1, kinds
     new_args = make_args(2, 3, GEOMETRIES[1], dtype=torch.float32, seed=1)[:4]
     torch.testing.assert_close(traced(*new_args), dr_conv2d(*new_args, *geo))
+
+
+def test_double_backward_is_refused(op_path):
+    x, weight, guide, bias, *geo = make_args(1, 2, GEOMETRIES[0])
+    x.requires_grad_()
+    out = dr_conv2d(x, weight, guide, bias, *geo)
+    grad_out = torch.randn_like(out, requires_grad=True)
+    (grad_x, ) = torch.autograd.grad(out, x, grad_out, create_graph=True)
+    with pytest.raises(RuntimeError, match='differentiate twice|no autograd formula'):
+        grad_x.sum().backward()
