@@ -28,7 +28,7 @@ def test_quick_mode_prints_and_writes_the_table(tool, tmp_path, capsys):
     assert [v['generator'] for v in variants] == ['conv', 'paper', 'basis']
     for v in variants:
         assert 0 <= v['acc_mean'] <= 100 and 0 <= v['train_acc_mean'] <= 100
-        assert v['params'] > 0 and v['epoch_s'] > 0
+        assert v['params'] > 0 and v['epoch_s'] > 0 and v['epoch_cpu_s'] > 0
     assert 'largest_region_share' not in variants[0]
     for v in variants[1:]:
         # m = 4 regions over 8x8 maps: the largest region holds at least a quarter of a map.

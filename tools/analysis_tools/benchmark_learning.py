@@ -5,9 +5,9 @@ the wheel, so nothing is downloaded) whose inner convs are either ``nn.Conv2d`` 
 :class:`drconv_mmdet.nn.DRConv2d`, with the same widths, data and schedule, over several seeds.
 It reports the test accuracy (mean and std over seeds, and the difference to the plain conv of the
 same shape with Welch's t-test), the training accuracy, the parameters, the training time per
-epoch and how the guided masks use the regions (the share of an image's pixels that fall in its
-largest region, and the number of regions an image uses, averaged over the test set and the
-DRConv layers).
+epoch (wall and CPU) and how the guided masks use the regions (the share of an image's pixels
+that fall in its largest region, and the number of regions an image uses, averaged over the test
+set and the DRConv layers).
 
 Network of width ``w`` (every conv without bias, followed by BatchNorm and ReLU):
 a 3x3 stem conv 1 -> w, two inner blocks, global average pooling and a linear classifier w -> 10;
@@ -159,10 +159,14 @@ def build_model(width: int, kernel: int, generator: str, regions: int) -> nn.Seq
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler, images: Tensor, labels: Tensor,
-                generator: torch.Generator) -> float:
-    """One epoch over shuffled, shifted batches; returns its wall time in seconds."""
+                generator: torch.Generator) -> Tuple[float, float]:
+    """One epoch over shuffled, shifted batches; returns its wall and CPU time in seconds.
+
+    On a shared machine the wall time grows with the other work; the CPU time of the process
+    does not (with one thread it is what the epoch takes on an idle core).
+    """
     model.train()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     order = torch.randperm(len(labels), generator=generator)
     for begin in range(0, len(labels), BATCH_SIZE):
         idx = order[begin:begin + BATCH_SIZE]
@@ -171,7 +175,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         loss.backward()
         optimizer.step()
         scheduler.step()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 @torch.no_grad()
@@ -212,13 +216,12 @@ def run(data: Tuple[Tensor, ...], width: int, kernel: int, generator: str, regio
     total_iters = epochs * -(-len(train_y) // BATCH_SIZE)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1 - it / total_iters)
     batches = torch.Generator().manual_seed(seed)
-    epoch_times = [
-        train_epoch(model, optimizer, scheduler, train_x, train_y, batches) for _ in range(epochs)
-    ]
+    wall, cpu = zip(*(train_epoch(model, optimizer, scheduler, train_x, train_y, batches)
+                      for _ in range(epochs)))
     result = evaluate(model, test_x, test_y)
     # Accuracy on the (unshifted) training images tells overfitting from underfitting.
     result.update(train_accuracy=evaluate(model, train_x, train_y)['accuracy'], seed=seed, params=sum(p.numel() for p in model.parameters()),
-                  epoch_s=statistics.median(epoch_times))
+                  epoch_s=statistics.median(wall), epoch_cpu_s=statistics.median(cpu))
     return result
 
 
@@ -249,7 +252,8 @@ def summarise(variant: Dict[str, object], runs: List[Dict[str, object]],
                acc_std=statistics.stdev(acc) if len(acc) > 1 else 0.0,
                train_acc_mean=statistics.mean(r['train_accuracy'] for r in runs),
                params=runs[0]['params'],
-               epoch_s=statistics.median(r['epoch_s'] for r in runs), runs=runs)
+               epoch_s=statistics.median(r['epoch_s'] for r in runs),
+               epoch_cpu_s=statistics.median(r['epoch_cpu_s'] for r in runs), runs=runs)
     if runs[0]['largest_region_share']:
         row['largest_region_share'] = statistics.mean(
             statistics.mean(r['largest_region_share']) for r in runs)
@@ -266,8 +270,8 @@ def summarise(variant: Dict[str, object], runs: List[Dict[str, object]],
 def make_table(rows: List[Dict[str, object]]) -> str:
     lines = [
         '| k | width | inner conv | m | params | test acc % (mean +- std) | vs conv | Welch p | '
-        'train acc % | largest region share | regions used | s / epoch |',
-        '|---|---|---|---|---|---|---|---|---|---|---|---|',
+        'train acc % | largest region share | regions used | s / epoch | CPU s / epoch |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for r in rows:
         delta = f"{r['delta']:+.2f}" if 'delta' in r else ''
@@ -277,7 +281,8 @@ def make_table(rows: List[Dict[str, object]]) -> str:
         lines.append(
             f"| {r['kernel']} | {r['width']} | {r['generator']} | {r['regions'] or ''} | "
             f"{r['params']:,} | {r['acc_mean']:.2f} +- {r['acc_std']:.2f} | {delta} | {p_value} | "
-            f"{r['train_acc_mean']:.2f} | {share} | {used} | {r['epoch_s']:.2f} |")
+            f"{r['train_acc_mean']:.2f} | {share} | {used} | {r['epoch_s']:.2f} | "
+            f"{r['epoch_cpu_s']:.2f} |")
     return '\n'.join(lines)
 
 
@@ -314,7 +319,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
         for seed in args.seeds:
             runs.append(run(data, seed=seed, epochs=args.epochs, **variant))
             print(f"{variant} seed {seed}: {runs[-1]['accuracy']:.2f} %, "
-                  f"{runs[-1]['epoch_s']:.2f} s / epoch", flush=True)
+                  f"{runs[-1]['epoch_s']:.2f} s / epoch ({runs[-1]['epoch_cpu_s']:.2f} s CPU)",
+                  flush=True)
         key = (variant['kernel'], variant['width'])
         row = summarise(variant, runs, baselines.get(key))
         if variant['generator'] == 'conv':
