@@ -154,7 +154,8 @@ def build_model(width: int, kernel: int, generator: str, regions: int) -> nn.Seq
         return layers + conv_bn_relu(inner_conv(width, kernel, generator, regions), width)
 
     return nn.Sequential(*conv_bn_relu(nn.Conv2d(1, width, 3, padding=1, bias=False), width),
-                         *block(), *block(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, NUM_CLASSES))
+                         *block(), *block(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(width, NUM_CLASSES))
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -220,7 +221,8 @@ def run(data: Tuple[Tensor, ...], width: int, kernel: int, generator: str, regio
                       for _ in range(epochs)))
     result = evaluate(model, test_x, test_y)
     # Accuracy on the (unshifted) training images tells overfitting from underfitting.
-    result.update(train_accuracy=evaluate(model, train_x, train_y)['accuracy'], seed=seed, params=sum(p.numel() for p in model.parameters()),
+    result.update(train_accuracy=evaluate(model, train_x, train_y)['accuracy'], seed=seed,
+                  params=sum(p.numel() for p in model.parameters()),
                   epoch_s=statistics.median(wall), epoch_cpu_s=statistics.median(cpu))
     return result
 
