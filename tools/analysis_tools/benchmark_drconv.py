@@ -1,167 +1,339 @@
-"""Speed and peak memory of the DRConv op and layer, beside nn.Conv2d and the all-regions way.
+"""Speed and peak memory of the DRConv op, layer and backbone, beside nn.Conv2d and the
+all-regions way.
 
-For every shape it times, in one run and on the same inputs, the forward pass (no grad) and the
-forward + backward pass of
-- ``conv2d``: ``nn.Conv2d`` of the same shape (the cost DRConv should keep);
-- ``op``: :func:`drconv_mmdet.ops.dr_conv2d` (one conv per pixel);
-- ``reference``: :func:`drconv_mmdet.ops.dr_conv2d_reference` (all m region outputs, as the public
-  implementations compute them);
-and the same for the layer (``DRConv2d`` with its guide conv and filter generator, with either op).
-Peak memory is the most the CPU allocator held above what it held before the call.
+Parts:
+- ``op``: :func:`drconv_mmdet.ops.dr_conv2d` (one conv of work per pixel) against ``nn.Conv2d``
+  of the same shape and :func:`drconv_mmdet.ops.dr_conv2d_reference` (all m region outputs, as
+  the public implementations compute them), on the same inputs;
+- ``layer``: ``DRConv2d`` (guide conv, filter generator, op) against ``nn.Conv2d`` and the same
+  layer running the all-regions op;
+- ``backbone``: the DetNAS-300M backbone, plain against 8-region DRConv ('basis' generator), as
+  configured in configs/detnas/ (needs mmdet).
 
-Example::
+Times are medians over ``--repeat`` interleaved rounds: the forward pass (no grad) and a training
+step (forward and backward of every input that a layer would train: input, filters, guide). With
+``--memory``, each case also runs once more in a subprocess of its own, which reports its peak RSS
+(or CUDA memory) above the level before the step, as a user sees it.
 
-    python tools/analysis_tools/benchmark_drconv.py --out bench.md
+Examples::
+
+    python tools/analysis_tools/benchmark_drconv.py --preset shapes --memory --out bench.md
+    python tools/analysis_tools/benchmark_drconv.py --batch 2 --channels 256 \\
+        --sizes 100x168 --kernels 3 --regions 8
+    python tools/analysis_tools/benchmark_drconv.py --parts backbone --batch 32 --sizes 224x224
 """
 import argparse
 import json
 import os
 import platform
 import statistics
-import tempfile
+import subprocess
+import sys
 import time
-from datetime import date
-from typing import Callable, Dict, List, Tuple
+from datetime import datetime, timezone
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 from unittest import mock
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
-from drconv_mmdet.models.layers import DRConv2d
+from drconv_mmdet.nn import DRConv2d
 from drconv_mmdet.ops import dr_conv2d, dr_conv2d_reference
 
+DETNAS_CONFIGS = {
+    'plain': 'configs/detnas/faster-rcnn_detnas-300m_fpn-4conv1fc_90k_coco.py',
+    'drconv-8r': 'configs/detnas/faster-rcnn_detnas-300m-drconv-8r_fpn-4conv1fc_90k_coco.py',
+}
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Benchmark the DRConv op and layer on CPU')
+
+class Case(NamedTuple):
+    """One shape: batch, input and output channels, map size, kernel size, regions."""
+    batch: int
+    in_channels: int
+    out_channels: int
+    size: Tuple[int, int]
+    kernel: int
+    regions: int
+
+    def label(self) -> str:
+        return (f'{self.batch} | {self.in_channels}->{self.out_channels} | '
+                f'{self.size[0]}x{self.size[1]} | {self.kernel} | {self.regions}')
+
+
+# Shapes where the op's overhead over a convolution differs most: many small samples, few
+# large ones, 1x1 and 3x3, and the FPN levels of a detector at batch 2.
+PRESETS = {
+    'shapes': [
+        Case(64, 64, 64, (28, 28), 1, 8),
+        Case(64, 128, 128, (14, 14), 1, 8),
+        Case(64, 64, 64, (28, 28), 3, 8),
+        Case(256, 32, 64, (8, 8), 3, 8),
+        Case(2, 16, 16, (256, 256), 1, 8),
+    ] + [
+        Case(2, 256, 256, size, kernel, regions) for kernel in (1, 3)
+        for size in ((100, 168), (50, 84)) for regions in (4, 8, 16)
+    ],
+}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Benchmark the DRConv op, layer and backbone')
+    parser.add_argument('--parts', nargs='+', default=['op'], choices=['op', 'layer', 'backbone'])
+    parser.add_argument('--preset', choices=sorted(PRESETS),
+                        help='op/layer shapes of a preset instead of the shape arguments')
     parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--channels', type=int, default=256, help='input = output channels')
+    parser.add_argument('--channels', type=int, default=256, help='input channels')
+    parser.add_argument('--out-channels', type=int, help='output channels (default: --channels)')
     parser.add_argument('--sizes', nargs='+', default=['100x168', '50x84'], help='HxW')
     parser.add_argument('--kernels', nargs='+', type=int, default=[1, 3])
-    parser.add_argument('--regions', nargs='+', type=int, default=[4, 8, 16])
-    parser.add_argument('--repeat', type=int, default=5, help='timed runs per case (median)')
-    parser.add_argument('--parts', nargs='+', default=['op', 'layer'], choices=['op', 'layer'])
+    parser.add_argument('--regions', nargs='+', type=int, default=[8])
+    parser.add_argument('--repeat', type=int, default=5, help='timed rounds (median)')
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--timer', default='wall', choices=['wall', 'cpu'],
+                        help='wall clock, or the process\'s CPU time: with --threads 1 on a '
+                        'machine shared with other jobs, CPU time leaves out the time the process '
+                        'waits for a core')
+    parser.add_argument('--memory', action='store_true',
+                        help='also measure the peak memory of a training step per case')
     parser.add_argument('--out', help='also write the tables as Markdown to this file')
-    args = parser.parse_args()
+    parser.add_argument('--memory-case', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     for name in ('batch', 'channels', 'repeat'):
         if getattr(args, name) < 1:
             raise ValueError(f'--{name} must be >= 1, but got {getattr(args, name)}')
+    if args.out_channels is None:
+        args.out_channels = args.channels
     try:
         args.sizes = [tuple(int(v) for v in s.lower().split('x')) for s in args.sizes]
     except ValueError:
         raise ValueError(f'--sizes must look like 100x168, but got {args.sizes}') from None
+    if args.timer == 'cpu' and args.device != 'cpu':
+        raise ValueError(f'--timer cpu times CPU work only, but got --device {args.device}')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise ValueError('--device cuda needs a CUDA device, but torch.cuda.is_available() is '
+                         'False')
     return args
 
 
-def peak_bytes(fn: Callable[[], None]) -> int:
-    """Most bytes the allocator held above its level before ``fn`` ran."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, 'trace.json')
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            events = json.load(f)['traceEvents']
-    totals = [e['args']['Total Allocated'] for e in events if e.get('name') == '[memory]']
-    return max([0, *totals])
+def cases_of(args: argparse.Namespace) -> List[Case]:
+    if args.preset:
+        return PRESETS[args.preset]
+    return [
+        Case(args.batch, args.channels, args.out_channels, size, kernel, regions)
+        for kernel in args.kernels for size in args.sizes for regions in args.regions
+    ]
 
 
-def measure(fn: Callable[[], None], repeat: int) -> Tuple[float, int]:
-    """Median wall time in ms over ``repeat`` runs after a warm-up, and peak memory in bytes."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), peak_bytes(fn)
+def synchronize(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.synchronize()
 
 
-def op_cases(x: torch.Tensor, kernel: int, regions: int) -> Dict[str, Callable]:
-    batch, channels = x.shape[:2]
-    padding = kernel // 2
+# Builders: each returns, for one case, the callables to compare ({name: fn(x) -> output}) and
+# the tensors that a training step differentiates besides x.
+Builder = Callable[[Case, str], Tuple[Dict[str, Callable], List[torch.Tensor]]]
+
+
+def op_builder(case: Case, device: str) -> Tuple[Dict[str, Callable], List[torch.Tensor]]:
+    padding = case.kernel // 2
     # Leaves that need gradients, as the generator's filters and the guide conv's output do in
-    # a layer: the backward then includes the weight and the m-conv guide gradients.
-    weight = (torch.randn(batch, regions, channels, channels, kernel, kernel) *
-              0.05).requires_grad_()
-    guide = torch.randn(batch, regions, *x.shape[-2:], requires_grad=True)
-    conv = nn.Conv2d(channels, channels, kernel, padding=padding)
+    # a layer: the training step includes the weight and the m-conv guide gradients.
+    weight = (torch.randn(case.batch, case.regions, case.out_channels, case.in_channels,
+                          case.kernel, case.kernel, device=device) * 0.05).requires_grad_()
+    guide = torch.randn(case.batch, case.regions, *case.size, device=device, requires_grad=True)
+    conv = nn.Conv2d(case.in_channels, case.out_channels, case.kernel, padding=padding).to(device)
     return {
-        'conv2d': lambda x_: conv(x_),
-        'op': lambda x_: dr_conv2d(x_, weight, guide, padding=padding),
-        'reference': lambda x_: dr_conv2d_reference(x_, weight, guide, padding=padding),
-    }
+        'conv2d': conv,
+        'op': lambda x: dr_conv2d(x, weight, guide, padding=padding),
+        'reference': lambda x: dr_conv2d_reference(x, weight, guide, padding=padding),
+    }, [weight, guide, *conv.parameters()]
 
 
-def layer_cases(x: torch.Tensor, kernel: int, regions: int) -> Dict[str, Callable]:
-    channels = x.shape[1]
-    padding = kernel // 2
-    conv = nn.Conv2d(channels, channels, kernel, padding=padding)
-    layer = DRConv2d(channels, channels, kernel, padding=padding, region_num=regions)
+def layer_builder(case: Case, device: str) -> Tuple[Dict[str, Callable], List[torch.Tensor]]:
+    padding = case.kernel // 2
+    conv = nn.Conv2d(case.in_channels, case.out_channels, case.kernel, padding=padding).to(device)
+    layer = DRConv2d(case.in_channels, case.out_channels, case.kernel, padding=padding,
+                     region_num=case.regions).to(device)
 
-    def reference_layer(x_):
+    def reference_layer(x):
         with mock.patch('drconv_mmdet.nn.drconv2d.dr_conv2d', dr_conv2d_reference):
-            return layer(x_)
+            return layer(x)
 
-    return {'conv2d': conv, 'op': layer, 'reference': reference_layer}
+    return ({'conv2d': conv, 'op': layer, 'reference': reference_layer},
+            [*conv.parameters(), *layer.parameters()])
 
 
-def run_case(fn: Callable, x: torch.Tensor, repeat: int) -> Dict[str, Tuple[float, int]]:
+def build_backbone(name: str, device: str) -> nn.Module:
+    """The backbone of a DetNAS config, with plain BN (no process group) and random weights."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    import drconv_mmdet  # noqa: F401 (registers the backbone)
+
+    register_all_modules()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = Config.fromfile(os.path.join(root, DETNAS_CONFIGS[name])).model.backbone
+    cfg.norm_cfg = dict(type='BN', requires_grad=True)
+    cfg.init_cfg = None
+    return MODELS.build(cfg).to(device)
+
+
+def backbone_builder(case: Case, device: str) -> Tuple[Dict[str, Callable], List[torch.Tensor]]:
+    models = {name: build_backbone(name, device) for name in DETNAS_CONFIGS}
+
+    def run(model):
+        return lambda x: sum(out.float().mean() for out in model(x))
+
+    return ({name: run(model) for name, model in models.items()},
+            [p for model in models.values() for p in model.parameters()])
+
+
+BUILDERS: Dict[str, Builder] = {'op': op_builder, 'layer': layer_builder,
+                                'backbone': backbone_builder}
+
+
+def make_steps(fn: Callable, x: torch.Tensor, leaves: List[torch.Tensor], device: str
+               ) -> Tuple[Callable[[], None], Callable[[], None]]:
+    """The forward pass without grad, and a training step that frees the gradients after."""
     leaf = x.detach().requires_grad_()
 
     def forward():
         with torch.no_grad():
             fn(x)
+        synchronize(device)
 
-    def forward_backward():
+    def train_step():
         fn(leaf).sum().backward()
-        leaf.grad = None
+        synchronize(device)
+        for t in (leaf, *leaves):
+            t.grad = None
 
-    return {'fwd': measure(forward, repeat), 'fwd+bwd': measure(forward_backward, repeat)}
+    return forward, train_step
 
 
-def make_table(part: str, rows: List[dict]) -> str:
-    header = (f'| {part} | k | HxW | m | conv2d fwd ms | {part} fwd ms | ref fwd ms | fwd / conv | '
-              'conv2d f+b ms | ' + f'{part} f+b ms | ref f+b ms | f+b / conv | target f+b / conv | '
-              'ref / ours f+b | peak MB conv / ours / ref (f+b) |')
-    lines = [header, '|' + '---|' * (header.count('|') - 1)]
-    for r in rows:
-        conv, ours, ref = r['conv2d'], r['op'], r['reference']
-        target = 1.3 * (r['m'] + 3) / 3
-        lines.append(
-            f"| {part} | {r['k']} | {r['size'][0]}x{r['size'][1]} | {r['m']} | "
-            f"{conv['fwd'][0]:.1f} | {ours['fwd'][0]:.1f} | {ref['fwd'][0]:.1f} | "
-            f"{ours['fwd'][0] / conv['fwd'][0]:.2f} | {conv['fwd+bwd'][0]:.1f} | "
-            f"{ours['fwd+bwd'][0]:.1f} | {ref['fwd+bwd'][0]:.1f} | "
-            f"{ours['fwd+bwd'][0] / conv['fwd+bwd'][0]:.2f} | {target:.2f} | "
-            f"{ref['fwd+bwd'][0] / ours['fwd+bwd'][0]:.2f} | "
-            f"{conv['fwd+bwd'][1] / 2**20:.0f} / {ours['fwd+bwd'][1] / 2**20:.0f} / "
-            f"{ref['fwd+bwd'][1] / 2**20:.0f} |")
+def time_case(fns: Dict[str, Callable], x: torch.Tensor, leaves: List[torch.Tensor],
+              repeat: int, device: str, timer: Callable[[], float]
+              ) -> Dict[str, Tuple[float, float]]:
+    """Median ms of forward and training step per callable, rounds interleaved so that load
+    changes on a shared machine affect every callable alike."""
+    steps = {name: make_steps(fn, x, leaves, device) for name, fn in fns.items()}
+    times: Dict[Tuple[str, int], List[float]] = {}
+    for round_ in range(repeat + 1):
+        for name, pair in steps.items():
+            for which, step in enumerate(pair):
+                start = timer()
+                step()
+                if round_:  # round 0 warms up
+                    times.setdefault((name, which), []).append(timer() - start)
+    return {
+        name: tuple(statistics.median(times[name, which]) * 1e3 for which in (0, 1))
+        for name in fns
+    }
+
+
+def rss_bytes(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f'/proc/self/status has no {field}')
+
+
+def peak_memory_of(part: str, case: Case, name: str, device: str) -> int:
+    """Bytes a training step holds at its peak above the level before it (in this process)."""
+    fns, leaves = BUILDERS[part](case, device)
+    x = torch.randn(case.batch, case.in_channels, *case.size, device=device)
+    _, train_step = make_steps(fns[name], x, leaves, device)
+    train_step()  # warm-up: one-time allocations of the backends are not the step's
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        train_step()
+        return torch.cuda.max_memory_allocated() - before
+    before = rss_bytes('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # resets the peak RSS (VmHWM) to the current RSS
+    train_step()
+    return rss_bytes('VmHWM') - before
+
+
+def measure_memory(part: str, case: Case, name: str, args: argparse.Namespace) -> int:
+    """:func:`peak_memory_of` in a fresh subprocess, so that no other case's memory stays held
+    by the allocator."""
+    spec = json.dumps(dict(part=part, case=case._asdict(), name=name))
+    command = [sys.executable, os.path.abspath(__file__), '--memory-case', spec, '--device',
+               args.device]
+    if args.threads:
+        command += ['--threads', str(args.threads)]
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def make_table(part: str, rows: List[dict], memory: bool) -> str:
+    names = list(rows[0]['times'])
+    base, others = names[0], names[1:]
+    header = ['B | C->O | HxW | k | m' if part != 'backbone' else 'B | HxW']
+    for name in names:
+        header += [f'{name} fwd ms', f'{name} train ms']
+    for name in others:
+        header += [f'{name} fwd / {base}', f'{name} train / {base}']
+    if memory:
+        header += [f'{name} peak MB' for name in names]
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * (header[0].count('|') + 1 +
+                                                                 len(header) - 1)]
+    for row in rows:
+        times = row['times']
+        cells = [row['label']]
+        for name in names:
+            cells += [f'{times[name][0]:.1f}', f'{times[name][1]:.1f}']
+        for name in others:
+            cells += [f'{times[name][0] / times[base][0]:.2f}',
+                      f'{times[name][1] / times[base][1]:.2f}']
+        if memory:
+            cells += [f"{row['memory'][name] / 2**20:.0f}" for name in names]
+        lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_case:
+        spec = json.loads(args.memory_case)
+        case = Case(**{**spec['case'], 'size': tuple(spec['case']['size'])})
+        print(peak_memory_of(spec['part'], case, spec['name'], args.device))
+        return
     torch.manual_seed(0)
-    builders = {'op': op_cases, 'layer': layer_cases}
     tables = []
-    context = f'{date.today()}, {platform.processor() or platform.machine()}, ' \
-              f'{torch.get_num_threads()} threads, torch {torch.__version__}'
     for part in args.parts:
+        if part == 'backbone':
+            cases = [Case(args.batch, 3, 0, size, 0, 0) for size in args.sizes]
+        else:
+            cases = cases_of(args)
         rows = []
-        for kernel in args.kernels:
-            for size in args.sizes:
-                x = torch.randn(args.batch, args.channels, *size)
-                for regions in args.regions:
-                    cases = builders[part](x, kernel, regions)
-                    row = dict(k=kernel, size=size, m=regions)
-                    for name, fn in cases.items():
-                        row[name] = run_case(fn, x, args.repeat)
-                    rows.append(row)
-                    print(f'{part} k={kernel} {size} m={regions} done', flush=True)
-        tables.append(make_table(part, rows))
-    text = f'B={args.batch}, {args.channels} -> {args.channels} channels; {context}\n\n' + \
-        '\n\n'.join(tables)
+        for case in cases:
+            fns, leaves = BUILDERS[part](case, args.device)
+            x = torch.randn(case.batch, case.in_channels, *case.size, device=args.device)
+            label = (case.label() if part != 'backbone' else
+                     f'{case.batch} | {case.size[0]}x{case.size[1]}')
+            timer = time.process_time if args.timer == 'cpu' else time.perf_counter
+            row = dict(label=label,
+                       times=time_case(fns, x, leaves, args.repeat, args.device, timer))
+            del fns, leaves, x
+            if args.memory:
+                row['memory'] = {name: measure_memory(part, case, name, args)
+                                 for name in row['times']}
+            rows.append(row)
+            print(f'{part} {label} done', flush=True)
+        tables.append(f'### {part}\n\n' + make_table(part, rows, args.memory))
+    device = (torch.cuda.get_device_name() if args.device == 'cuda' else
+              f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
+              f'{torch.get_num_threads()} threads')
+    text = (f'{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {device}, torch '
+            f'{torch.__version__}, {args.timer} time\n\n' + '\n\n'.join(tables))
     print(text)
     if args.out:
         with open(args.out, 'w') as f:
