@@ -16,6 +16,8 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
+from drconv_mmdet.models.backbones import DetNAS
+
 PY = sys.executable
 TOOL = 'tools/model_converters/plain_to_drconv.py'
 # The demo DRFPN puts the paper's generator in 3x3 convs: a static kernel carries the plain one.
@@ -145,3 +147,14 @@ def test_start_from_plain_keeps_every_plain_weight(models):
     assert all(torch.equal(state[key], value) for key, value in plain.items() if key in state)
     for name in ('neck.fpn_convs.0.conv', 'neck.fpn_convs.1.conv'):
         assert torch.equal(state[f'{name}.generator.static_weight'], plain[f'{name}.weight'])
+
+
+def test_start_from_plain_lets_detnas_start_its_own_drconvs():
+    """DetNAS starts its DRConvs (and keeps its shared guide convs) while loading."""
+    plain = {f'backbone.{key}': value for key, value in DetNAS().state_dict().items()}
+    model = torch.nn.Module()
+    model.backbone = DetNAS(drconv_cfg=dict(type='DRConv', region_num=2, generator='basis',
+                                            num_bases=2), shared_guide=True)
+    started = _load_tool().start_from_plain(model, plain)
+    assert started == sorted(f'backbone.{name}' for name in model.backbone.drconv_names)
+    assert len(started) == 46
