@@ -86,8 +86,7 @@ class PaperFilterGenerator(nn.Module):
         self.expand = WeightAndBias((region_num * out_channels * in_channels,
                                      hidden_channels // region_num, 1, 1))
         if static_kernel:
-            self.static_weight = nn.Parameter(torch.empty(out_channels, in_channels,
-                                                          *kernel_size))
+            self.static_weight = nn.Parameter(torch.empty(out_channels, in_channels, *kernel_size))
         else:
             self.register_parameter('static_weight', None)
         self.reset_parameters()
