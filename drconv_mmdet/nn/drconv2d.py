@@ -29,6 +29,7 @@ class DRConv2d(nn.Module):
 
     Takes the arguments of ``nn.Conv2d`` so that ``build_conv_layer`` and ``ConvModule`` build it
     from ``conv_cfg=dict(type='DRConv', region_num=8)``, and exposes the attributes they read.
+    :meth:`from_conv` makes one that starts as a given (e.g. pretrained) ``nn.Conv2d``.
 
     Args:
         in_channels (int): input channels C.
