@@ -51,7 +51,7 @@ def adaptive_avg_pool2d(input: Tensor, output_size: Tuple[int, int]) -> Tensor:
     return F.adaptive_avg_pool2d(input, output_size)
 
 
-def _region_ranks(region: Tensor, num_regions: int):
+def _region_ranks(region: Tensor, num_regions: int) -> Tuple[Tensor, Tensor, Tensor]:
     """Per sample: pixels per region ``count`` (B, m), where each region's run starts in the
     region-sorted pixel order ``start`` (B, m), and that order itself ``order`` (B, HW): the
     pixel at sorted position q of sample b is ``order[b, q]``.
@@ -126,7 +126,7 @@ def dr_conv2d_lowered(input: Tensor,
         corner = (row * (stride[0] * padded_width) + (pixel - row * out_width) * stride[1] +
                   sample_offset)
         windows = rows.index_select(0, (corner.unsqueeze(2) + taps).flatten())
-        windows = windows.view(batch, -1, kernel[0] * kernel[1] * channels)
+        windows = windows.view(batch, slot.shape[0], kernel[0] * kernel[1] * channels)
         values.append(windows @ filters[:, j].transpose(1, 2))
         targets.append(torch.where(valid, pixel + 1, 0))
     values = torch.cat(values, dim=1)

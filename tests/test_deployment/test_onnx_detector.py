@@ -42,10 +42,10 @@ def _mmdet_predict(detector, image):
         return detector.predict(data['inputs'], data['data_samples'])[0].pred_instances
 
 
-def _seeded_detector(config):
+def _seeded_detector(config, **cfg_options):
     torch.manual_seed(0)
     detector = build_detector(str(REPO_ROOT / config),
-                              cfg_options={'model.backbone.init_cfg': None})
+                              cfg_options={'model.backbone.init_cfg': None, **cfg_options})
     detector.init_weights()
     return detector
 
@@ -57,7 +57,8 @@ def drfpn_detector():
 
 @pytest.fixture(scope='module')
 def detnas_detector():
-    return _seeded_detector(DETNAS_DRCONV_CONFIG)
+    # Two regions: each of its many DRConvs unrolls a step per region into the graph.
+    return _seeded_detector(DETNAS_DRCONV_CONFIG, **{'model.backbone.drconv_cfg.region_num': 2})
 
 
 def _export(detector, features_only, path, exporter):
@@ -95,7 +96,9 @@ def _assert_same_detections(actual, expected, masks_too):
         assert actual[3].shape[0] == len(labels)
 
 
-@pytest.mark.parametrize('name, exporter', [('drfpn', 'torchscript'), ('detnas', 'dynamo')])
+# The dynamo exporter takes minutes on these graphs (symbolic shapes of every region's
+# pixel count); it is checked on the DRFPN features above.
+@pytest.mark.parametrize('name, exporter', [('drfpn', 'torchscript'), ('detnas', 'torchscript')])
 def test_detections_match_mmdet(request, tmp_path, name, exporter):
     detector = request.getfixturevalue(f'{name}_detector')
     path = str(tmp_path / 'detector.onnx')
@@ -119,7 +122,7 @@ def trained_drfpn(toy_coco_root, tmp_path_factory):
     checkpoint = osp.join(work_dir, 'iter_6.pth')
     onnx_file = osp.join(work_dir, 'demo.onnx')
     result = run_tool(PY, 'tools/deployment/pytorch2onnx.py', DEMO_DRFPN_CONFIG, checkpoint,
-                      '--out', onnx_file, '--shape', '128', '128')
+                      '--out', onnx_file, '--shape', '128', '128', '--exporter', 'torchscript')
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'all in the default ONNX domain' in result.stdout
     return checkpoint, onnx_file

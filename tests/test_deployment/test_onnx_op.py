@@ -55,6 +55,11 @@ def test_lowering_without_bias_and_non_contiguous_input():
                                rtol=1e-12, atol=1e-12)
 
 
+def test_lowering_batch_zero():
+    x, weight, guide, bias = _op_inputs(0, 9, 7, (3, 2, 1, 1, 4))
+    assert dr_conv2d_lowered(x, weight, guide, bias, 2, 1, 1).shape == (0, 5, 5, 4)
+
+
 @pytest.mark.parametrize('size', [(10, 8), (7, 11), (3, 3), (2, 5)])
 def test_adaptive_pool_lowering(size):
     x = torch.randn(2, 3, *size, dtype=torch.float64)
