@@ -96,6 +96,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         'waits for a core')
     parser.add_argument('--memory', action='store_true',
                         help='also measure the peak memory of a training step per case')
+    parser.add_argument('--profile', action='store_true',
+                        help='also print a torch.profiler table of the op\'s (or DRConv '
+                        'backbone\'s) forward and training step per case')
     parser.add_argument('--out', help='also write the tables as Markdown to this file')
     parser.add_argument('--memory-case', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -233,6 +236,22 @@ def time_case(fns: Dict[str, Callable], x: torch.Tensor, leaves: List[torch.Tens
     }
 
 
+def profile_table(fn: Callable, x: torch.Tensor, leaves: List[torch.Tensor], device: str) -> str:
+    """torch.profiler's table of one forward pass and one training step, most time first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    forward, train_step = make_steps(fn, x, leaves, device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == 'cuda' else [])
+    tables = []
+    for step in (forward, train_step):
+        step()
+        with profile(activities=activities) as prof:
+            step()
+        sort_by = 'self_cuda_time_total' if device == 'cuda' else 'self_cpu_time_total'
+        tables.append(prof.key_averages().table(sort_by=sort_by, row_limit=12))
+    return 'forward\n' + tables[0] + '\ntraining step\n' + tables[1]
+
+
 def rss_bytes(field: str) -> int:
     with open('/proc/self/status') as f:
         for line in f:
@@ -322,6 +341,9 @@ def main() -> None:
             timer = time.process_time if args.timer == 'cpu' else time.perf_counter
             row = dict(label=label,
                        times=time_case(fns, x, leaves, args.repeat, args.device, timer))
+            if args.profile:
+                print(f'{part} {label}: profile of {list(fns)[1]}\n' +
+                      profile_table(list(fns.values())[1], x, leaves, args.device))
             del fns, leaves, x
             if args.memory:
                 row['memory'] = {name: measure_memory(part, case, name, args)
