@@ -70,8 +70,8 @@ PRESETS = {
         Case(256, 32, 64, (8, 8), 3, 8),
         Case(2, 16, 16, (256, 256), 1, 8),
     ] + [
-        Case(2, 256, 256, size, kernel, regions) for kernel in (1, 3)
-        for size in ((100, 168), (50, 84)) for regions in (4, 8, 16)
+        Case(2, 256, 256, size, kernel, regions) for regions in (8, 4, 16) for kernel in (1, 3)
+        for size in ((50, 84), (100, 168))
     ],
 }
 
@@ -290,8 +290,7 @@ def measure_memory(part: str, case: Case, name: str, args: argparse.Namespace) -
     return int(result.stdout.strip().splitlines()[-1])
 
 
-def make_table(part: str, rows: List[dict], memory: bool) -> str:
-    names = list(rows[0]['times'])
+def table_header(part: str, names: List[str], memory: bool) -> List[str]:
     base, others = names[0], names[1:]
     header = ['B | C->O | HxW | k | m' if part != 'backbone' else 'B | HxW']
     for name in names:
@@ -300,20 +299,23 @@ def make_table(part: str, rows: List[dict], memory: bool) -> str:
         header += [f'{name} fwd / {base}', f'{name} train / {base}']
     if memory:
         header += [f'{name} peak MB' for name in names]
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * (header[0].count('|') + 1 +
-                                                                 len(header) - 1)]
-    for row in rows:
-        times = row['times']
-        cells = [row['label']]
-        for name in names:
-            cells += [f'{times[name][0]:.1f}', f'{times[name][1]:.1f}']
-        for name in others:
-            cells += [f'{times[name][0] / times[base][0]:.2f}',
-                      f'{times[name][1] / times[base][1]:.2f}']
-        if memory:
-            cells += [f"{row['memory'][name] / 2**20:.0f}" for name in names]
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
+    columns = header[0].count('|') + len(header)
+    return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * columns]
+
+
+def table_row(row: dict, memory: bool) -> str:
+    times = row['times']
+    names = list(times)
+    base, others = names[0], names[1:]
+    cells = [row['label']]
+    for name in names:
+        cells += [f'{times[name][0]:.1f}', f'{times[name][1]:.1f}']
+    for name in others:
+        cells += [f'{times[name][0] / times[base][0]:.2f}',
+                  f'{times[name][1] / times[base][1]:.2f}']
+    if memory:
+        cells += [f"{row['memory'][name] / 2**20:.0f}" for name in names]
+    return '| ' + ' | '.join(cells) + ' |'
 
 
 def main() -> None:
@@ -349,8 +351,11 @@ def main() -> None:
                 row['memory'] = {name: measure_memory(part, case, name, args)
                                  for name in row['times']}
             rows.append(row)
-            print(f'{part} {label} done', flush=True)
-        tables.append(f'### {part}\n\n' + make_table(part, rows, args.memory))
+            # Each row as it is done: a long run stopped early keeps what it measured.
+            print(table_row(row, args.memory), flush=True)
+        lines = table_header(part, list(rows[0]['times']), args.memory)
+        lines += [table_row(row, args.memory) for row in rows]
+        tables.append(f'### {part}\n\n' + '\n'.join(lines))
     device = (torch.cuda.get_device_name() if args.device == 'cuda' else
               f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
               f'{torch.get_num_threads()} threads')
