@@ -5,7 +5,16 @@ DEMO_CONFIG ?= configs/demo/mask-rcnn_r18_drfpn-8r_toy-coco.py
 DEMO_WORK_DIR ?= work_dirs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo data bench clean
+# The oldest supported torch, in two more environments: with OpenMMLab (mmcv 2.1.0 built against it)
+# and without it (the op and the layer alone). Both keep the torch wheels in one folder.
+COMPAT_VENV ?= .venv-compat
+CORE_VENV ?= .venv-core
+MIM_VENV ?= .venv-mim
+OLDEST_TORCH := TORCH_VERSION=2.1.2 CONSTRAINTS=requirements/compat.txt \
+	TORCH_WHEELHOUSE=$(HOME)/.cache/drconv-mmdet/torch-2.1.2
+
+.PHONY: setup test demo data bench clean setup-compat test-compat setup-core test-core setup-mim \
+	test-mim
 
 setup:
 	@VENV=$(VENV) bash tools/misc/setup_env.sh
@@ -21,6 +30,28 @@ demo: data
 
 bench: setup
 	$(PY) tools/analysis_tools/benchmark_drconv.py
+
+setup-compat:
+	@VENV=$(COMPAT_VENV) $(OLDEST_TORCH) bash tools/misc/setup_env.sh
+
+test-compat: setup-compat
+	$(COMPAT_VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+
+# setup_env.sh checks that the torch-only environment has none of mmengine, mmcv and mmdet.
+setup-core:
+	@VENV=$(CORE_VENV) $(OLDEST_TORCH) TORCHVISION_VERSION=0.16.2 OPENMMLAB=0 bash tools/misc/setup_env.sh
+
+test-core: setup-core
+	$(CORE_VENV)/bin/python -m pytest tests/test_ops tests/test_nn $(PYTEST_ARGS)
+
+# The README's route for mim users: an OpenMMLab environment, then openmim and a regular install.
+setup-mim:
+	@VENV=$(MIM_VENV) EDITABLE=0 bash tools/misc/setup_env.sh
+	$(MIM_VENV)/bin/python -m pip install -q openmim==0.3.9 'setuptools>=77,<82'
+	$(MIM_VENV)/bin/mim install -q .
+
+test-mim: setup-mim
+	DRCONV_MIM_ROUTE=1 $(MIM_VENV)/bin/python -m pytest tests/test_packaging $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(DEMO_WORK_DIR) data/toy_coco

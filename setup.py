@@ -2,7 +2,9 @@
 
 ``mim train drconv_mmdet CONFIG`` and ``mim test`` look for ``configs/``, ``tools/`` and
 ``model-index.yml`` inside the installed package (``drconv_mmdet/.mim``), so they are copied there for a
-regular install and linked there for an editable one.
+regular install and linked there for an editable one. mim 0.3.9 finds the package at the folder that
+holds its metadata joined with its name: for a regular install that is the package in site-packages;
+a PEP 660 editable install leaves only metadata there, so mim works after a regular install only.
 """
 import os
 import os.path as osp
