@@ -249,6 +249,10 @@ class _LengthClasses:
         self.pixels.index_copy_(0, sorted_rows, order)
         self.block_row = torch.empty_like(sorted_rows).index_copy_(0, order, sorted_rows)
 
+    def splits_groups(self, width: int) -> bool:
+        """Whether some group's rows span several bands of :meth:`bands`."""
+        return any(length > max(1, MIN_BAND_VALUES // width) for _, _, length, _ in self.classes)
+
     def bands(self, width: int) -> Iterator[_Band]:
         """The classes' blocks cut into bands of :func:`_bands`."""
         for first, groups, length, offset in self.classes:
@@ -397,15 +401,23 @@ def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, gui
     grad_input = grad_weight = grad_guide = grad_bias = None
     num_pixels = grad_rows.shape[0] - 1
 
-    if need_weight:
-        # Regions without pixels get zero gradients.
-        grad_filters = weight.new_zeros((batch * num_regions, out_channels, width),
-                                        dtype=acc_dtype)
-    if need_input:
-        grad_window_rows = torch.zeros_like(windows.rows, dtype=acc_dtype)
     if (need_input or need_weight) and num_pixels:
         classes = _LengthClasses(_regions(guide), num_regions, out_channels, width,
                                  _filters_outweigh_windows(weight, num_pixels))
+        # In key order every group, empty or not, is in exactly one band unless groups are
+        # split: then the bands' products are the weight gradient, written in place.
+        grad_in_place = (classes.in_key_order and acc_dtype == dtype
+                         and not classes.splits_groups(width))
+    if need_weight:
+        filters_shape = (batch * num_regions, out_channels, width)
+        if num_pixels and grad_in_place:
+            grad_filters = weight.new_empty(filters_shape)
+        else:
+            # Regions without pixels get zero gradients; bands add up the rest.
+            grad_filters = weight.new_zeros(filters_shape, dtype=acc_dtype)
+    if need_input:
+        grad_window_rows = torch.zeros_like(windows.rows, dtype=acc_dtype)
+    if (need_input or need_weight) and num_pixels:
         for band in classes.bands(width):
             shape = band.pixels.shape
             window_rows = windows.window_rows(band.pixels)
@@ -414,9 +426,8 @@ def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, gui
             torch.index_select(grad_rows, 0, band.pixels.flatten(),
                                out=grads.view(-1, out_channels))
             if need_weight:
-                # Sums: a group's rows may span several bands.
-                if classes.in_key_order and acc_dtype == dtype:
-                    grad_filters[band.groups].baddbmm_(grads.transpose(1, 2), cols)
+                if grad_in_place:
+                    torch.bmm(grads.transpose(1, 2), cols, out=grad_filters[band.groups])
                 else:
                     band_grad = scratch.get('band_grad_filters', (shape[0], out_channels, width))
                     torch.bmm(grads.transpose(1, 2), cols, out=band_grad)
