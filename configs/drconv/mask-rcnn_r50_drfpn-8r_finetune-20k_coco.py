@@ -12,9 +12,6 @@
 _base_ = './mask-rcnn_r50_drfpn-8r_180k_coco.py'
 
 model = dict(
-    # The paper's generator cannot hold a 3x3 kernel in its expand bias (shared by the taps):
-    # a learned static kernel, added to the generated filters, carries the plain weight.
-    neck=dict(drconv_cfg=dict(static_kernel=True)),
     # Every weight comes from load_from; no ImageNet download before it.
     backbone=dict(init_cfg=None))
 load_from = 'checkpoints/mask-rcnn_r50_drfpn-8r_from-plain.pth'
