@@ -51,10 +51,11 @@ def adaptive_avg_pool2d(input: Tensor, output_size: Tuple[int, int]) -> Tensor:
     return F.adaptive_avg_pool2d(input, output_size)
 
 
-def _region_ranks(region: Tensor, num_regions: int) -> Tuple[Tensor, Tensor, Tensor]:
+def _region_ranks(region: Tensor, num_regions: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per sample: pixels per region ``count`` (B, m), where each region's run starts in the
-    region-sorted pixel order ``start`` (B, m), and that order itself ``order`` (B, HW): the
-    pixel at sorted position q of sample b is ``order[b, q]``.
+    region-sorted pixel order ``start`` (B, m), that order itself ``order`` (B, HW): the
+    pixel at sorted position q of sample b is ``order[b, q]``, and each pixel's ``rank`` among
+    its region's pixels (B, HW).
 
     Counting sort by cumulative sums: no sort op, and the order within a region is the pixel
     order.
@@ -66,7 +67,7 @@ def _region_ranks(region: Tensor, num_regions: int) -> Tuple[Tensor, Tensor, Ten
     sorted_pos = start.gather(1, region) + rank
     pixel = torch.arange(region.shape[1], device=region.device).expand_as(region)
     order = torch.zeros_like(region).scatter(1, sorted_pos, pixel)
-    return count, start, order
+    return count, start, order, rank
 
 
 def dr_conv2d_lowered(input: Tensor,
@@ -82,10 +83,10 @@ def dr_conv2d_lowered(input: Tensor,
     largest count of region j over the batch, come from ``NonZero``, so ``P_j`` is a dynamic size;
     sample b's slot s holds its s-th pixel of region j, or is a dummy when s is past that sample's
     count. The k x k windows of the slots' pixels are gathered as rows of the channels-last padded
-    input and multiplied by the sample's region-j filter (one batched ``MatMul``). All regions'
-    results are scattered to their pixels at once; dummies land in an extra column 0 that is
-    dropped. With batch 1 this is exactly one convolution of multiply-adds; a larger batch pads
-    each region to its largest count over the batch.
+    input and multiplied by the sample's region-j filter (one batched ``MatMul``). Every pixel
+    then gathers its row of the regions' results; dummies are never read. With batch 1 this is
+    exactly one convolution of multiply-adds; a larger batch pads each region to its largest
+    count over the batch.
 
     Same arguments and shapes as :func:`~drconv_mmdet.ops.dr_conv2d`, which validates them;
     ``guide`` gives the output size.
@@ -113,12 +114,13 @@ def dr_conv2d_lowered(input: Tensor,
     filters = weight.permute(0, 1, 2, 4, 5, 3).flatten(3)
 
     region = guide.argmax(dim=1).flatten(1)
-    count, start, order = _region_ranks(region, num_regions)
+    count, start, order, rank = _region_ranks(region, num_regions)
     pixel_slots = torch.arange(region.shape[1], device=device)
-    values, targets = [], []
+    values, slot_counts = [], []
     for j in range(num_regions):
-        in_region = pixel_slots < count[:, j:j + 1]
-        slot = in_region.any(dim=0).nonzero()[:, 0]
+        used = (pixel_slots < count[:, j:j + 1]).any(dim=0)
+        slot = used.nonzero()[:, 0]
+        slot_counts.append(used.sum())
         valid = slot < count[:, j:j + 1]
         pixel = order.gather(1, torch.where(valid, start[:, j:j + 1] + slot, 0))
         # No `%`: the dynamo exporter cannot translate a remainder by a symbolic size.
@@ -128,11 +130,15 @@ def dr_conv2d_lowered(input: Tensor,
         windows = rows.index_select(0, (corner.unsqueeze(2) + taps).flatten())
         windows = windows.view(batch, slot.shape[0], kernel[0] * kernel[1] * channels)
         values.append(windows @ filters[:, j].transpose(1, 2))
-        targets.append(torch.where(valid, pixel + 1, 0))
+    # Each pixel's row in the concatenated (B, S, O) results: its region's first slot plus its
+    # rank. One gather of whole rows, where a scatter would go element by element.
     values = torch.cat(values, dim=1)
-    target = torch.cat(targets, dim=1).unsqueeze(2).expand_as(values)
-    output = values.new_zeros((batch, region.shape[1] + 1, out_channels)).scatter(1, target, values)
-    output = output[:, 1:].transpose(1, 2).reshape(batch, out_channels, out_height, out_width)
+    slot_counts = torch.stack(slot_counts)
+    first_slot = slot_counts.cumsum(dim=0) - slot_counts
+    sample_rows = torch.arange(batch, device=device).view(-1, 1) * values.shape[1]
+    position = (first_slot[region] + rank + sample_rows).flatten()
+    output = values.reshape(-1, out_channels).index_select(0, position)
+    output = output.view(batch, out_height, out_width, out_channels).permute(0, 3, 1, 2)
     if bias is not None:
         output = output + bias.view(1, -1, 1, 1)
     return output
