@@ -300,7 +300,9 @@ def write_outputs(paths: Sequence[str], header: str, rows: List[Dict[str, object
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    # The CPUs this process may use where the OS says (Linux), else all of them.
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    torch.set_num_threads(args.threads or cpus)
     grid = variant_grid(args)
     if 'paper-static' in args.generators and not supports_static_kernel():
         print('note: this DRConv2d has no static_kernel argument; the paper-static variants are '
