@@ -323,11 +323,11 @@ def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
     """``<dL/dY(p), Y_j(p)>`` for every region j and pixel p (Eq. 7), as (B, m, Ho, Wo) in the
     accumulation dtype.
 
-    Every region's response is needed: m convolutions of work. They run as one grouped
-    convolution per band of samples (or of one sample's output rows), each sample's m filters
-    stacked as one (m*O)-channel filter: the convolution backend avoids gathering windows, and
-    its shapes do not depend on the regions (cuDNN autotunes them once). Bands are small so that
-    the responses are still in cache for the dot products.
+    Every region's response is needed: m convolutions of work. They run per band of samples (or
+    of one sample's output rows), each sample's m filters stacked as one (m*O)-channel filter:
+    as one grouped convolution, where the backend avoids gathering windows and the shapes do not
+    depend on the regions (cuDNN autotunes them once); for 1x1 filters as one bmm. Bands are
+    small so that the responses are still in cache for the dot products.
     """
     batch, num_regions, out_channels, channels, kernel_h, kernel_w = weight.shape
     height, width = input.shape[-2:]
@@ -335,16 +335,27 @@ def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
     pad_h, pad_w = geo.padding
     acc_dtype = _accumulation_dtype(weight.dtype)
     dots = grad_output.new_empty((batch, num_regions, out_h, out_w), dtype=acc_dtype)
+    if geo.kernel == (1, 1):
+        # A 1x1 convolution is a matrix product with the pixels' channels: one bmm, rather than
+        # a backend whose 1x1 algorithm depends on the batch size and thread count.
+        pixels = F.pad(input, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else input
+        pixels = pixels[:, :, ::geo.stride[0], ::geo.stride[1]][:, :, :out_h, :out_w].reshape(
+            batch, channels, out_h * out_w)
     for samples, rows in _bands(batch, out_h, num_regions * out_channels * out_w):
         count = samples.stop - samples.start
-        # Input rows the band's windows read, and the zero rows of padding among them.
-        top = rows.start * geo.stride[0] - pad_h
-        bottom = (rows.stop - 1) * geo.stride[0] - pad_h + (kernel_h - 1) * geo.dilation[0] + 1
-        band_input = F.pad(input[samples, :, max(top, 0):min(bottom, height)],
-                           (pad_w, pad_w, max(-top, 0), max(bottom - height, 0)))
-        responses = F.conv2d(band_input.reshape(1, count * channels, *band_input.shape[-2:]),
-                             weight[samples].reshape(-1, channels, kernel_h, kernel_w),
-                             stride=geo.stride, dilation=geo.dilation, groups=count)
+        filters = weight[samples].reshape(-1, channels, kernel_h, kernel_w)
+        if geo.kernel == (1, 1):
+            responses = torch.bmm(filters.reshape(count, -1, channels),
+                                  pixels[samples, :, rows.start * out_w:rows.stop * out_w])
+        else:
+            # Input rows the band's windows read, and the zero rows of padding among them.
+            top = rows.start * geo.stride[0] - pad_h
+            bottom = ((rows.stop - 1) * geo.stride[0] - pad_h +
+                      (kernel_h - 1) * geo.dilation[0] + 1)
+            band_input = F.pad(input[samples, :, max(top, 0):min(bottom, height)],
+                               (pad_w, pad_w, max(-top, 0), max(bottom - height, 0)))
+            responses = F.conv2d(band_input.reshape(1, -1, *band_input.shape[-2:]), filters,
+                                 stride=geo.stride, dilation=geo.dilation, groups=count)
         responses = responses.view(count, num_regions, out_channels, -1, out_w).to(acc_dtype)
         band_grads = grad_output[samples, None, :, rows].to(acc_dtype)
         dots[samples, :, rows] = (responses * band_grads).sum(dim=2)
