@@ -5,11 +5,15 @@ Output pixel ``p`` of sample ``b`` is ``weight[b, r] @ window(b, p)`` with
 key ``b * m + r``, without a loop over samples:
 
 - groups with nearly the same number of pixels form a *length class*; a class's windows are
-  gathered as ``(groups, length, kh*kw*C)`` blocks, shorter groups padded with a pixel whose
-  window reads zeros, and multiplied by the groups' filters with one batched matrix product;
+  gathered as ``(groups, length, C*kh*kw)`` blocks, shorter groups padded with a pixel whose
+  window reads zeros, and multiplied by the groups' filters with one batched matrix product
+  (where the filters outweigh the windows, all groups are padded in key order instead, so that
+  filters are used where they are);
 - blocks are cut into bands that bound the gathered windows' memory (all windows at once would
   be ``kh*kw`` copies of the input, the memory fault of the official CUDA code);
-- results land in one buffer laid out like the blocks, and reach their pixels by one gather.
+- results land in one buffer laid out like the blocks, and reach their pixels by one gather;
+- the guide's straight-through gradient needs all m responses: grouped convolutions of bands
+  of samples with their m filters stacked.
 
 Only the groups' sizes go to the host (one sync per call); everything else stays on the device,
 and products are ``torch.bmm`` (on CUDA, cuBLAS: no per-shape autotuning, as cuDNN has for
@@ -28,7 +32,8 @@ from .geometry import Geometry
 
 __all__ = ['region_conv_forward', 'region_conv_backward']
 
-# Values of one band's gathered rows (1 MiB of float32). Small enough that a band's gathered
+# Values of one band's gathered rows (1 MiB of float32; a band still takes one row where a row
+# is wider). Small enough that a band's gathered
 # windows or region responses are still in cache when the product or the dot products read
 # them; large enough that a band's product is not dominated by the fixed cost of a call.
 MIN_BAND_VALUES = 1 << 18
