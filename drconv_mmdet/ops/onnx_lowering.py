@@ -82,7 +82,7 @@ def dr_conv2d_lowered(input: Tensor,
     Per region j (a static loop over the ``m`` regions): the slots ``0 .. P_j - 1``, ``P_j`` the
     largest count of region j over the batch, come from ``NonZero``, so ``P_j`` is a dynamic size;
     sample b's slot s holds its s-th pixel of region j, or is a dummy when s is past that sample's
-    count. The k x k windows of the slots' pixels are gathered as rows of the channels-last padded
+    count (an empty region gets one dummy slot). The k x k windows of the slots' pixels are gathered as rows of the channels-last padded
     input and multiplied by the sample's region-j filter (one batched ``MatMul``). Every pixel
     then gathers its row of the regions' results; dummies are never read. With batch 1 this is
     exactly one convolution of multiply-adds; a larger batch pads each region to its largest
@@ -118,7 +118,9 @@ def dr_conv2d_lowered(input: Tensor,
     pixel_slots = torch.arange(region.shape[1], device=device)
     values, slot_counts = [], []
     for j in range(num_regions):
-        used = (pixel_slots < count[:, j:j + 1]).any(dim=0)
+        # At least one slot, a dummy if the region is empty: a dynamic size of 0 in a Reshape
+        # means "keep the input's size" in ONNX (allowzero=0, what both exporters emit).
+        used = (pixel_slots < count[:, j:j + 1].clamp(min=1)).any(dim=0)
         slot = used.nonzero()[:, 0]
         slot_counts.append(used.sum())
         valid = slot < count[:, j:j + 1]

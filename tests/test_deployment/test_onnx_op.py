@@ -90,8 +90,11 @@ def test_op_export_runs_in_onnxruntime(tmp_path, exporter, geometry):
                 exporter=exporter)
     ops = check_standard_ops(path)
     assert 'MatMul' in ops and 'NonZero' in ops and 'Conv' not in ops
-    for size in SIZES:
+    for i, size in enumerate(SIZES):
         inputs = _op_inputs(*size, geometry)
+        if i == 1 and geometry[4] > 1:
+            # A region empty in every sample (the export example had none empty).
+            inputs[2][:, 1] -= 100
         (actual, ) = _run(path, names, inputs)
         torch.testing.assert_close(torch.from_numpy(actual), module(*inputs), rtol=1e-5,
                                    atol=1e-5)
