@@ -81,12 +81,11 @@ class _Scratch:
         self.like = like
         self.buffers: Dict[str, Tensor] = {}
 
-    def get(self, role: str, shape: Tuple[int, ...], dtype: Optional[torch.dtype] = None
-            ) -> Tensor:
+    def get(self, role: str, shape: Tuple[int, ...]) -> Tensor:
         numel = math.prod(shape)
         buffer = self.buffers.get(role)
         if buffer is None or buffer.numel() < numel:
-            buffer = self.buffers[role] = self.like.new_empty(numel, dtype=dtype)
+            buffer = self.buffers[role] = self.like.new_empty(numel)
         return buffer[:numel].view(shape)
 
 
