@@ -32,7 +32,10 @@ def _dynamic_shapes(args: Sequence[torch.Tensor], input_names: Sequence[str],
     shapes = []
     for name, arg in zip(input_names, args):
         axes = dynamic_axes.get(name, {})
-        spec = {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
+        spec = {
+            axis: dims.setdefault(label, torch.export.Dim(label))
+            for axis, label in axes.items()
+        }
         shapes.append(spec or None)
     return tuple(shapes)
 

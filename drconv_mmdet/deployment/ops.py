@@ -113,7 +113,8 @@ def register_torchscript_symbolics(opset_version: int) -> None:
     @symbolic_helper.parse_args('v', 'v', 'f')
     def nms_symbolic(g, boxes, scores, iou_threshold):
         selected = g.op(
-            'NonMaxSuppression', g.op('Unsqueeze', boxes, g.op('Constant', value_t=torch.tensor([0]))),
+            'NonMaxSuppression',
+            g.op('Unsqueeze', boxes, g.op('Constant', value_t=torch.tensor([0]))),
             g.op('Unsqueeze', scores, g.op('Constant', value_t=torch.tensor([0, 1]))),
             g.op('Constant', value_t=torch.tensor(_MAX_OUTPUT_BOXES)),
             g.op('Constant', value_t=torch.tensor(iou_threshold, dtype=torch.float)))

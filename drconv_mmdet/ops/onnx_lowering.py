@@ -80,16 +80,17 @@ def dr_conv2d_lowered(input: Tensor,
     """:func:`~drconv_mmdet.ops.dr_conv2d` (forward only) in ops that export to standard ONNX.
 
     Per region j (a static loop over the ``m`` regions): the slots ``0 .. P_j - 1``, ``P_j`` the
-    largest count of region j over the batch, come from ``NonZero``, so ``P_j`` is a dynamic size;
-    sample b's slot s holds its s-th pixel of region j, or is a dummy when s is past that sample's
-    count (an empty region gets one dummy slot). The k x k windows of the slots' pixels are gathered as rows of the channels-last padded
-    input and multiplied by the sample's region-j filter (one batched ``MatMul``). Every pixel
-    then gathers its row of the regions' results; dummies are never read. With batch 1 this is
-    exactly one convolution of multiply-adds; a larger batch pads each region to its largest
-    count over the batch.
+    largest count of region j over the batch (at least 1), come from ``NonZero``, so ``P_j`` is a
+    dynamic size; sample b's slot s holds its s-th pixel of region j, or is a dummy when s is past
+    that sample's count. The k x k windows of the slots' pixels are gathered as rows of the
+    channels-last padded input and multiplied by the sample's region-j filter (one batched
+    ``MatMul``). Every pixel then gathers its row of the regions' results; dummies are never read.
+    With batch 1 this is one convolution of multiply-adds (plus one dummy row per empty region);
+    a larger batch pads each region to its largest count over the batch.
 
-    Same arguments and shapes as :func:`~drconv_mmdet.ops.dr_conv2d`, which validates them;
-    ``guide`` gives the output size.
+    Same arguments and shapes as :func:`~drconv_mmdet.ops.dr_conv2d`, unchecked: its checks turn
+    sizes into Python numbers, which would freeze them in the exported graph. ``guide`` gives the
+    output size.
     """
     stride = as_pair(stride, 'stride', 1)
     padding = as_pair(padding, 'padding', 0)

@@ -129,11 +129,13 @@ def test_non_standard_ops_are_reported(tmp_path):
     import onnx
     from onnx import TensorProto, helper
     node = helper.make_node('MMCVRoiAlign', ['x'], ['y'], domain='mmcv')
-    graph = helper.make_graph([node], 'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1])],
+    graph = helper.make_graph([node], 'g',
+                              [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 18),
                                                     helper.make_opsetid('mmcv', 1)])
     path = str(tmp_path / 'custom.onnx')
     onnx.save(model, path)
-    with pytest.raises(ValueError, match=r'ops outside the default ONNX domain: \[\'mmcv::MMCVRoiAlign\'\]'):
+    with pytest.raises(ValueError,
+                       match=r"ops outside the default ONNX domain: \['mmcv::MMCVRoiAlign'\]"):
         check_standard_ops(path)
