@@ -17,6 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from ..torch_compat import get_autocast_dtype, is_autocast_enabled
 from .geometry import Geometry, IntPair, as_pair, conv_output_size, make_geometry
+from .onnx_lowering import dr_conv2d_lowered
 from .region_products import region_conv_backward, region_conv_forward
 
 __all__ = [
@@ -275,6 +276,9 @@ def dr_conv2d(input: Tensor,
         >>> dr_conv2d(x, weight, guide, stride=2, padding=1).shape
         torch.Size([2, 5, 5, 4])
     """
+    if torch.onnx.is_in_onnx_export():
+        # Either ONNX exporter: standard ONNX ops with dynamic sizes (forward only).
+        return dr_conv2d_lowered(input, weight, guide, bias, stride, padding, dilation)
     device_type = input.device.type
     autocast = is_autocast_enabled(device_type)
     if autocast:
