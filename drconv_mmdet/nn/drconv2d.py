@@ -41,8 +41,11 @@ class DRConv2d(nn.Module):
         groups (int): only 1 is supported. Default: 1.
         bias (bool): add a learned bias, shared by the regions. Default: True.
         region_num (int): number of regions m. Default: 8.
-        generator (str): ``'paper'``, the paper's two-layer generator (Fig. 2b), or ``'basis'``,
-            the official code's mixture of ``num_bases`` shared kernels. Default: ``'paper'``.
+        generator (str): ``'basis'``, the official code's mixture of ``num_bases`` shared kernels,
+            or ``'paper'``, the paper's two-layer generator (Fig. 2b). Default: ``'basis'``, for
+            every kernel size: trained from scratch on real images, it matched a plain conv where
+            the paper's generator fell behind in narrow networks, and at k = 1 it has a ninth of
+            that generator's parameters (docs/learning.md).
         hidden_channels (int, optional): hidden width of the ``'paper'`` generator, a multiple of
             ``region_num``. Default: ``region_num ** 2``, as the public implementations use.
         num_bases (int): number of shared kernels of the ``'basis'`` generator. Default: 8.
@@ -70,7 +73,7 @@ class DRConv2d(nn.Module):
                  bias: bool = True,
                  *,
                  region_num: int = 8,
-                 generator: str = 'paper',
+                 generator: str = 'basis',
                  hidden_channels: Optional[int] = None,
                  num_bases: int = 8,
                  static_kernel: bool = False,

@@ -107,7 +107,7 @@ def test_nothing_is_replaced_when_a_layer_fails():
     model = Net()
     # The 'paper' generator cannot start from a 3x3 kernel without static_kernel.
     with pytest.raises(ValueError, match='static_kernel'):
-        convert_to_drconv(model, ['head', 'stem'], region_num=2)
+        convert_to_drconv(model, ['head', 'stem'], region_num=2, generator='paper')
     assert type(model.head) is nn.Conv2d and type(model.stem) is nn.Conv2d
 
 

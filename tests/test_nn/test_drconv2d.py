@@ -220,7 +220,8 @@ def test_from_conv_resolves_string_padding(padding, expected):
     torch.testing.assert_close(layer(x), conv(x))
 
 
-@pytest.mark.parametrize('kwargs', [dict(generator='basis'), dict(static_kernel=True)])
+@pytest.mark.parametrize('kwargs', [dict(generator='basis'),
+                                    dict(generator='paper', static_kernel=True)])
 def test_from_conv_every_parameter_learns(kwargs):
     """All parameters get a gradient at the first step except the guide conv, whose
     straight-through gradient is the difference between equal region responses (float noise
@@ -261,11 +262,11 @@ def test_from_conv_basis_starts_with_distinct_bases():
 
 
 def test_static_kernel_starts_at_zero():
-    layer = DRConv2d(4, 3, 3, region_num=2, static_kernel=True)
+    layer = DRConv2d(4, 3, 3, region_num=2, generator='paper', static_kernel=True)
     assert torch.equal(layer.generator.static_weight, torch.zeros(3, 4, 3, 3))
     assert 'generator.static_weight' in layer.state_dict()
     assert 'static_kernel=True' in repr(layer)
-    assert DRConv2d(4, 3, 3, region_num=2).generator.static_weight is None
+    assert DRConv2d(4, 3, 3, region_num=2, generator='paper').generator.static_weight is None
 
 
 @pytest.mark.parametrize('conv, kwargs, error, message', [

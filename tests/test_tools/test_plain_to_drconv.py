@@ -20,8 +20,8 @@ from drconv_mmdet.models.backbones import DetNAS
 
 PY = sys.executable
 TOOL = 'tools/model_converters/plain_to_drconv.py'
-# The demo DRFPN puts the paper's generator in 3x3 convs: a static kernel carries the plain one.
-STATIC_KERNEL = 'model.neck.drconv_cfg.static_kernel=True'
+# The paper's generator in the demo DRFPN's 3x3 convs, which it cannot start from alone.
+PAPER_GENERATOR = 'model.neck.drconv_cfg.generator=paper'
 
 
 def _assert_ok(result):
@@ -61,8 +61,7 @@ def _test(config, checkpoint, data_root, work_dir, *options):
 def test_converted_detector_predicts_as_the_plain_one_and_trains_on(plain_checkpoint,
                                                                     toy_coco_root, tmp_path):
     converted = str(tmp_path / 'drfpn_from_plain.pth')
-    result = run_tool(PY, TOOL, plain_checkpoint, DEMO_DRFPN_CONFIG, converted, '--cfg-options',
-                      STATIC_KERNEL)
+    result = run_tool(PY, TOOL, plain_checkpoint, DEMO_DRFPN_CONFIG, converted)
     _assert_ok(result)
     assert '2 DRConv layers start from the plain convs (neck.fpn_convs.0.conv, ' \
            'neck.fpn_convs.1.conv)' in result.stdout
@@ -72,7 +71,7 @@ def test_converted_detector_predicts_as_the_plain_one_and_trains_on(plain_checkp
     plain_metrics, plain_predictions = _test(DEMO_CONFIG, plain_checkpoint, toy_coco_root,
                                              tmp_path / 'plain')
     drconv_metrics, drconv_predictions = _test(DEMO_DRFPN_CONFIG, converted, toy_coco_root,
-                                               tmp_path / 'drconv', STATIC_KERNEL)
+                                               tmp_path / 'drconv')
     for metric in ('coco/bbox_mAP', 'coco/segm_mAP'):
         assert drconv_metrics[metric] == plain_metrics[metric]
     assert len(drconv_predictions) == len(plain_predictions) == 4
@@ -85,7 +84,7 @@ def test_converted_detector_predicts_as_the_plain_one_and_trains_on(plain_checkp
     work_dir = tmp_path / 'finetune'
     options = tiny_run_options(toy_coco_root, max_iters=1)
     result = run_tool(PY, 'tools/train.py', DEMO_DRFPN_CONFIG, '--work-dir', str(work_dir),
-                      *options, STATIC_KERNEL, f'load_from={converted}')
+                      *options, f'load_from={converted}')
     _assert_ok(result)
     log = result.stdout + result.stderr
     assert f'Load checkpoint from {converted}' in log
@@ -96,7 +95,8 @@ def test_converted_detector_predicts_as_the_plain_one_and_trains_on(plain_checkp
 def test_cli_refuses_the_paper_generator_on_3x3_convs_without_static_kernel(plain_checkpoint,
                                                                             tmp_path):
     out = tmp_path / 'out.pth'
-    result = run_tool(PY, TOOL, plain_checkpoint, DEMO_DRFPN_CONFIG, str(out))
+    result = run_tool(PY, TOOL, plain_checkpoint, DEMO_DRFPN_CONFIG, str(out), '--cfg-options',
+                      PAPER_GENERATOR)
     assert result.returncode == 1
     assert ("error: the DRConv at neck.fpn_convs.0.conv cannot start from the plain conv: the "
             "paper generator cannot start from a (3, 3) kernel: its expand bias is shared by "
@@ -110,7 +110,6 @@ def models():
     init_default_scope('mmdet')
     plain = MODELS.build(Config.fromfile(str(REPO_ROOT / DEMO_CONFIG)).model).state_dict()
     drconv_cfg = Config.fromfile(str(REPO_ROOT / DEMO_DRFPN_CONFIG)).model
-    drconv_cfg.neck.drconv_cfg.static_kernel = True
     return plain, lambda: MODELS.build(drconv_cfg)
 
 
@@ -146,7 +145,8 @@ def test_start_from_plain_keeps_every_plain_weight(models):
     state = model.state_dict()
     assert all(torch.equal(state[key], value) for key, value in plain.items() if key in state)
     for name in ('neck.fpn_convs.0.conv', 'neck.fpn_convs.1.conv'):
-        assert torch.equal(state[f'{name}.generator.static_weight'], plain[f'{name}.weight'])
+        torch.testing.assert_close(state[f'{name}.generator.bases'].mean(dim=0),
+                                   plain[f'{name}.weight'])
 
 
 def test_start_from_plain_lets_detnas_start_its_own_drconvs():

@@ -70,7 +70,7 @@ def test_drconv_counts_one_conv_not_region_num(generator, kernel):
 def test_drconv_inside_a_network_is_attributed_to_its_module():
     model = nn.Sequential(nn.Conv2d(3, 6, 1), DRConv2d(6, 5, 3, padding=1, region_num=8))
     x = torch.randn(1, 3, 8, 7)
-    guide, generator_madds, conv = _drconv_madds(1, 6, 5, 3, (8, 7), 8, 'paper')
+    guide, generator_madds, conv = _drconv_madds(1, 6, 5, 3, (8, 7), 8, 'basis')
     analyzer = MaddAnalyzer(model, x)
     assert analyzer.by_module()['1'] == guide + generator_madds + conv
     assert analyzer.total() == 6 * 3 * 8 * 7 + guide + generator_madds + conv
