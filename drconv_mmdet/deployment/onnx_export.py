@@ -11,7 +11,10 @@ __all__ = ['EXPORTERS', 'default_exporter', 'export_onnx', 'onnx_op_types', 'che
 # onnxscript); 'torchscript': the tracing exporter (torch.onnx.export(..., dynamo=False)), the one
 # OpenMMLab's tools and torch < 2.9 use.
 EXPORTERS = ('dynamo', 'torchscript')
-DEFAULT_OPSET = 18
+# Per exporter: the TorchScript exporter of torch < 2.4 writes some ops (ReduceMean's axes) in
+# their opset-17 form whatever opset it is asked for, so it stays at 17, the newest it supports
+# everywhere; the dynamo exporter's own translations are written for opset 18.
+DEFAULT_OPSETS = {'dynamo': 18, 'torchscript': 17}
 
 
 def _torch_version() -> Tuple[int, int]:
@@ -47,7 +50,7 @@ def export_onnx(model: nn.Module,
                 output_names: Sequence[str],
                 dynamic_axes: Dict[str, Dict[int, str]],
                 exporter: Optional[str] = None,
-                opset_version: int = DEFAULT_OPSET) -> None:
+                opset_version: Optional[int] = None) -> None:
     """Exports ``model(*args)`` to the ONNX file ``path``, all in one file.
 
     Args:
@@ -60,7 +63,8 @@ def export_onnx(model: nn.Module,
             the same size.
         exporter (str, optional): ``'dynamo'`` or ``'torchscript'``. Default: the installed
             torch's default.
-        opset_version (int): ONNX opset. Default: 18.
+        opset_version (int, optional): ONNX opset. Default: 18 for ``'dynamo'``, 17 for
+            ``'torchscript'``.
     """
     exporter = default_exporter() if exporter is None else exporter
     if exporter not in EXPORTERS:
@@ -69,6 +73,8 @@ def export_onnx(model: nn.Module,
         raise NotImplementedError(f'the dynamo exporter needs torch >= 2.5 (torch.onnx.export with '
                                   f'dynamo=True), but torch is {torch.__version__}; use '
                                   f"exporter='torchscript'")
+    if opset_version is None:
+        opset_version = DEFAULT_OPSETS[exporter]
     from .ops import custom_translation_table, register_torchscript_symbolics
     model = model.eval()
     with torch.no_grad():

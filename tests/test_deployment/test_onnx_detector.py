@@ -12,6 +12,7 @@ from mmdet.structures import DetDataSample
 
 from drconv_mmdet.deployment import check_standard_ops, export_onnx
 from drconv_mmdet.deployment.detector import build_detector, exporter_for
+from test_onnx_op import NEEDS_DYNAMO_EXPORTER
 
 ort = pytest.importorskip('onnxruntime')
 
@@ -68,7 +69,8 @@ def _export(detector, features_only, path, exporter):
     return wrapper, ops
 
 
-@pytest.mark.parametrize('name, exporter', [('drfpn', 'dynamo'), ('detnas', 'torchscript')])
+@pytest.mark.parametrize('name, exporter', [
+    pytest.param('drfpn', 'dynamo', marks=NEEDS_DYNAMO_EXPORTER), ('detnas', 'torchscript')])
 def test_features_match(request, tmp_path, name, exporter):
     detector = request.getfixturevalue(f'{name}_detector')
     path = str(tmp_path / 'features.onnx')

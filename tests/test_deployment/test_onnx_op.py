@@ -15,7 +15,10 @@ pytest.importorskip('onnx')
 GEOMETRIES = [(3, 2, 1, 1, 4), (1, 1, 0, 1, 1), (3, 1, 2, 2, 4), (1, 2, 0, 1, 4)]
 # Exports are slow: stride, padding and dilation in one case.
 EXPORT_GEOMETRIES = [(3, 2, 2, 2, 4), (1, 1, 0, 1, 1)]
-EXPORTERS = ['dynamo', 'torchscript']
+NEEDS_DYNAMO_EXPORTER = pytest.mark.skipif(
+    tuple(int(v) for v in torch.__version__.split('.')[:2]) < (2, 5),
+    reason='the dynamo ONNX exporter needs torch >= 2.5')
+EXPORTERS = [pytest.param('dynamo', marks=NEEDS_DYNAMO_EXPORTER), 'torchscript']
 # (batch, height, width): the export example first, then other sizes through the same file.
 SIZES = [(2, 9, 7), (1, 13, 16), (3, 6, 11)]
 

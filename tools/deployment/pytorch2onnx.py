@@ -26,6 +26,7 @@ except ImportError as e:
              '`pip install -e .` from the repository root.')
 
 from drconv_mmdet.deployment import EXPORTERS, check_standard_ops, default_exporter, export_onnx
+from drconv_mmdet.deployment.onnx_export import DEFAULT_OPSETS
 from drconv_mmdet.deployment.detector import build_detector, exporter_for
 
 
@@ -41,7 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--exporter', choices=EXPORTERS, default=default_exporter(),
                         help='torch.onnx.export with dynamo=True or the TorchScript-based one '
                         '(dynamo=False); default: the installed torch\'s default')
-    parser.add_argument('--opset', type=int, default=18, help='ONNX opset (>= 17)')
+    parser.add_argument('--opset', type=int,
+                        help='ONNX opset (>= 17). Default: 18 for dynamo, 17 for torchscript')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random test input')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
@@ -75,7 +77,7 @@ def main() -> None:
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     if not osp.isfile(args.config):
         raise FileNotFoundError(f'config file {args.config!r} does not exist')
-    if args.opset < 17:
+    if args.opset is not None and args.opset < 17:
         raise ValueError(f'--opset must be >= 17 (RoiAlign with half_pixel needs 16), but got '
                          f'{args.opset}')
     if min(args.shape) < 32:
@@ -90,7 +92,8 @@ def main() -> None:
     export_onnx(wrapper, (image, ), args.out, ['image'], names, dynamic_axes,
                 exporter=args.exporter, opset_version=args.opset)
     ops = check_standard_ops(args.out)
-    print(f'wrote {args.out} ({args.exporter} exporter, opset {args.opset}); onnx.checker: ok; '
+    opset = args.opset or DEFAULT_OPSETS[args.exporter]
+    print(f'wrote {args.out} ({args.exporter} exporter, opset {opset}); onnx.checker: ok; '
           f'{len(ops)} op types, all in the default ONNX domain: {", ".join(ops)}')
     print(f'ONNX Runtime vs PyTorch on a random {args.shape[0]} x {args.shape[1]} image:')
     compare_with_onnxruntime(args.out, wrapper, image, names)
