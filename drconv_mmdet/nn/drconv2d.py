@@ -24,8 +24,8 @@ class DRConv2d(nn.Module):
     A ``k x k`` conv produces the guided feature (``region_num`` channels, Eq. 4); its argmax over
     channels splits the output into regions. A filter generator predicts one filter per sample
     and region, and every output pixel is convolved with its region's filter only (see
-    :func:`drconv_mmdet.ops.dr_conv2d`), so the layer costs one convolution plus the guide and
-    the generator.
+    :func:`drconv_mmdet.ops.dr_conv2d`), so the layer has the FLOPs of one convolution plus the
+    guide and the generator.
 
     Takes the arguments of ``nn.Conv2d`` so that ``build_conv_layer`` and ``ConvModule`` build it
     from ``conv_cfg=dict(type='DRConv', region_num=8)``, and exposes the attributes they read.

@@ -3,8 +3,10 @@
 Chen et al., "Dynamic Region-Aware Convolution", CVPR 2021 (arXiv 2003.12243), Eq. 3-8.
 
 Every output pixel is computed with ONE of ``m`` per-sample filters, the one picked by the argmax of
-the guided feature at that pixel. The forward pass therefore does the work of a single convolution:
-output pixels are bucketed by region and each bucket is one matrix product with its region's filter.
+the guided feature at that pixel. The forward pass therefore does the multiply-adds of a single
+convolution: output pixels are bucketed by region and each bucket is one matrix product with its
+region's filter. In time it stays above one convolution (memory passes around the products; see
+docs/benchmarks.md).
 The guided feature gets the paper's straight-through gradient (softmax in place of the argmax).
 """
 import warnings
@@ -234,7 +236,7 @@ def dr_conv2d(input: Tensor,
 
     Output pixel ``p`` of sample ``b`` is the ordinary convolution of ``input[b]`` at ``p`` with the
     filter ``weight[b, argmax_j guide[b, j, p]]``. Pixels are bucketed by region and each bucket is
-    one matrix product, so the forward pass costs one convolution, never ``m``.
+    one matrix product, so the forward pass has the FLOPs of one convolution, never ``m``.
 
     Gradients: ``input`` and ``weight`` get the exact gradients of that hard assignment. ``guide``
     gets the paper's straight-through gradient: with ``P = softmax(guide, dim=1)`` and

@@ -3,7 +3,7 @@
 :func:`dr_conv2d_lowered` computes what :func:`drconv_mmdet.ops.dr_conv2d` computes, in torch ops
 that both ONNX exporters (``dynamo=True`` and the TorchScript one) turn into default-domain ONNX
 ops with dynamic batch, height and width: ``ArgMax``, ``CumSum``, ``ScatterElements``,
-``NonZero``, ``Gather``, ``MatMul``. Like the eager kernels it does the work of one convolution:
+``NonZero``, ``Gather``, ``MatMul``. Like the eager kernels it does the multiply-adds of one convolution:
 each region's pixels are gathered from the padded input and multiplied by that region's filter
 only. Sizes are read from tensors, never turned into Python numbers, so that nothing of the
 example input's shape is frozen into the graph.
