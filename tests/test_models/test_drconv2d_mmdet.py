@@ -42,13 +42,17 @@ def test_registered_without_a_default_scope():
 
 
 def test_conv_module_keeps_the_layer_init():
-    """ConvModule kaiming-initialises convs without init_weights; ours must be left alone."""
+    """ConvModule kaiming-initialises a conv without ``init_weights``, which would zero the bias
+    of a DRConv; a DRConv keeps every parameter it has."""
     torch.manual_seed(0)
-    module = ConvModule(16, 16, 1, conv_cfg=dict(type='DRConv', region_num=4, generator='basis'))
+    module = ConvModule(16, 16, 1, conv_cfg=dict(type='DRConv', region_num=4), norm_cfg=None)
+    with torch.no_grad():
+        for param in module.conv.parameters():
+            param.uniform_(0.5, 1.0)
+    before = {name: param.clone() for name, param in module.conv.named_parameters()}
     module.init_weights()
-    out = module.conv(torch.randn(4, 16, 8, 8))
-    # Variance-preserving init: the output is on the scale of the input, not 0 nor exploding.
-    assert 0.2 < out.std().item() < 3.0
+    for name, param in module.conv.named_parameters():
+        assert torch.equal(param, before[name]), name
 
 
 def _drconv_params(model):
