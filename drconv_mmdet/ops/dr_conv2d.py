@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 from ..torch_compat import get_autocast_dtype, is_autocast_enabled
 from .geometry import Geometry, IntPair, as_pair, conv_output_size, make_geometry
 from .onnx_lowering import dr_conv2d_lowered
-from .region_products import region_conv_backward, region_conv_forward
+from .region_products import conv_memory_format, region_conv_backward, region_conv_forward
 
 __all__ = [
     'dr_conv2d', 'dr_conv2d_reference', 'DRConv2dFunction', 'conv_output_size', 'JIT_NODE_KIND'
@@ -56,15 +56,6 @@ class DRConv2dFunction(torch.autograd.Function):
         return (*grads, None)
 
 
-def _conv_memory_format(tensor: Tensor) -> torch.memory_format:
-    """The layout nn.Conv2d gives a result computed from ``tensor``: channels-last for a
-    channels-last 4-D tensor, else contiguous."""
-    if (tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
-            and not tensor.is_contiguous()):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _op_geometry(input: Tensor, weight: Tensor, stride: List[int], padding: List[int],
                  dilation: List[int]) -> Geometry:
     return make_geometry(input.shape[-2:], weight.shape[-2:], stride, padding, dilation)
@@ -73,21 +64,21 @@ def _op_geometry(input: Tensor, weight: Tensor, stride: List[int], padding: List
 # The registered op. Its arguments are validated by dr_conv2d; the geometry travels as int
 # lists, which the op schema can hold. Outputs get fixed layouts (the fake kernels promise them
 # to torch.compile): the op's output and the gradients of 4-D tensors follow
-# _conv_memory_format, the other gradients are contiguous.
+# conv_memory_format, the other gradients are contiguous.
 
 
 def _op_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
                 stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
     geo = _op_geometry(input, weight, stride, padding, dilation)
     output = region_conv_forward(input, weight, guide, bias, geo)
-    return output.contiguous(memory_format=_conv_memory_format(input))
+    return output.contiguous(memory_format=conv_memory_format(input))
 
 
 def _op_forward_fake(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
                      stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
     geo = _op_geometry(input, weight, stride, padding, dilation)
     return torch.empty((input.shape[0], weight.shape[2], *geo.out_size), dtype=input.dtype,
-                       device=input.device, memory_format=_conv_memory_format(input))
+                       device=input.device, memory_format=conv_memory_format(input))
 
 
 def _op_backward(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tensor,
@@ -99,7 +90,7 @@ def _op_backward(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tens
     grads = region_conv_backward(grad_output, input, weight, guide, geo, *output_mask)
     likes = _gradient_likes(grad_output, input, weight, guide)
     return [
-        grad.contiguous(memory_format=_conv_memory_format(like))
+        grad.contiguous(memory_format=conv_memory_format(like))
         for grad, like, needed in zip(grads, likes, output_mask) if needed
     ]
 
@@ -109,7 +100,7 @@ def _op_backward_fake(grad_output: Tensor, input: Tensor, weight: Tensor, guide:
                       output_mask: List[bool]) -> List[Tensor]:
     likes = _gradient_likes(grad_output, input, weight, guide)
     return [
-        torch.empty_like(like, memory_format=_conv_memory_format(like))
+        torch.empty_like(like, memory_format=conv_memory_format(like))
         for like, needed in zip(likes, output_mask) if needed
     ]
 

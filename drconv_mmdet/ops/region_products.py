@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .geometry import Geometry
 
-__all__ = ['region_conv_forward', 'region_conv_backward']
+__all__ = ['region_conv_forward', 'region_conv_backward', 'conv_memory_format']
 
 # Values of one band's gathered rows (1 MiB of float32; a band still takes one row where a row
 # is wider). Small enough that a band's gathered
@@ -297,9 +297,11 @@ def _regions(guide: Tensor) -> Tensor:
     return guide.permute(0, 2, 3, 1).contiguous().argmax(dim=-1).flatten(1)
 
 
-def _memory_format(x: Tensor) -> torch.memory_format:
-    """The layout of ``x`` that an output should keep, as ``nn.Conv2d`` does."""
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+def conv_memory_format(tensor: Tensor) -> torch.memory_format:
+    """The layout nn.Conv2d gives a result computed from ``tensor``: channels-last for a
+    channels-last 4-D tensor, else contiguous."""
+    if (tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+            and not tensor.is_contiguous()):
         return torch.channels_last
     return torch.contiguous_format
 
@@ -371,7 +373,7 @@ def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Opti
                         geo: Geometry) -> Tensor:
     """Forward of :func:`drconv_mmdet.ops.dr_conv2d` on validated arguments of one dtype."""
     batch, num_regions, out_channels, channels = weight.shape[:4]
-    memory_format = _memory_format(input)
+    memory_format = conv_memory_format(input)
     width = geo.taps * channels
     output = torch.empty((batch, out_channels, *geo.out_size), dtype=input.dtype,
                          device=input.device, memory_format=memory_format)
@@ -464,7 +466,7 @@ def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, gui
         height, width_in = input.shape[-2:]
         grad_images = windows.images(grad_window_rows)[:, pad_h:pad_h + height,
                                                        pad_w:pad_w + width_in]
-        grad_input = _as_layout(grad_images.permute(0, 3, 1, 2), dtype, _memory_format(input))
+        grad_input = _as_layout(grad_images.permute(0, 3, 1, 2), dtype, conv_memory_format(input))
     if need_guide:
         grad_probs = _region_response_dots(input, weight, grad_output, geo)
         # Eq. 8: back through the softmax that stands in for the argmax; half precision would
