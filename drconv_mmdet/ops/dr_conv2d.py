@@ -9,7 +9,6 @@ region's filter. In time it stays above one convolution (memory passes around th
 docs/benchmarks.md).
 The guided feature gets the paper's straight-through gradient (softmax in place of the argmax).
 """
-import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -20,7 +19,8 @@ from torch.autograd.function import once_differentiable
 from ..torch_compat import get_autocast_dtype, is_autocast_enabled
 from .geometry import Geometry, IntPair, as_pair, conv_output_size, make_geometry
 from .onnx_lowering import dr_conv2d_lowered
-from .region_products import conv_memory_format, region_conv_backward, region_conv_forward
+from .region_products import (conv_memory_format, quiet_under_tracing, region_conv_backward,
+                              region_conv_forward)
 
 __all__ = [
     'dr_conv2d', 'dr_conv2d_reference', 'DRConv2dFunction', 'conv_output_size', 'JIT_NODE_KIND'
@@ -146,16 +146,14 @@ def _region_conv(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Te
     return DRConv2dFunction.apply(input, weight, guide, bias, geo)
 
 
+@quiet_under_tracing
 def _sizes(tensor: Tensor) -> Tuple[int, ...]:
-    if not torch.jit.is_tracing():
-        # Sizes stay as they are, so that torch.compile keeps dynamic sizes symbolic.
-        return tuple(tensor.shape)
-    # Under torch.jit.trace (FLOP counting) sizes are traced tensors. The checks only need their
-    # values and the recorded op takes no size, so the tracer's warning about reading them does
-    # not apply.
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+    # Under torch.jit.trace (FLOP counting) sizes are traced tensors; the checks only need their
+    # values and the recorded op takes no size. Otherwise sizes stay as they are, so that
+    # torch.compile keeps dynamic sizes symbolic.
+    if torch.jit.is_tracing():
         return tuple(int(s) for s in tensor.shape)
+    return tuple(tensor.shape)
 
 
 def _check_args(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],

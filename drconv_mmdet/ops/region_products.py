@@ -30,7 +30,9 @@ from torch import Tensor
 
 from .geometry import Geometry
 
-__all__ = ['region_conv_forward', 'region_conv_backward', 'conv_memory_format']
+__all__ = [
+    'region_conv_forward', 'region_conv_backward', 'conv_memory_format', 'quiet_under_tracing'
+]
 
 # Values of one band's gathered rows (1 MiB of float32; a band still takes one row where a row
 # is wider). Small enough that a band's gathered
@@ -45,7 +47,7 @@ PRODUCT_CALL_MACS = {'cpu': 1 << 19}
 DEFAULT_PRODUCT_CALL_MACS = 1 << 26
 
 
-def _quiet_under_tracing(kernel: Callable) -> Callable:
+def quiet_under_tracing(kernel: Callable) -> Callable:
     """Silences ``torch.jit.trace``'s warnings about reading sizes and counts in ``kernel``.
 
     Under tracing (mmengine's FLOP counter) sizes are traced tensors, but the trace records the
@@ -368,7 +370,7 @@ def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
     return dots
 
 
-@_quiet_under_tracing
+@quiet_under_tracing
 def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
                         geo: Geometry) -> Tensor:
     """Forward of :func:`drconv_mmdet.ops.dr_conv2d` on validated arguments of one dtype."""
@@ -402,7 +404,7 @@ def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Opti
     return output
 
 
-@_quiet_under_tracing
+@quiet_under_tracing
 def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tensor,
                          geo: Geometry, need_input: bool, need_weight: bool, need_guide: bool,
                          need_bias: bool) -> Tuple[Optional[Tensor], ...]:
