@@ -34,11 +34,14 @@ __all__ = [
     'region_conv_forward', 'region_conv_backward', 'conv_memory_format', 'quiet_under_tracing'
 ]
 
-# Values of one band's gathered rows (1 MiB of float32; a band still takes one row where a row
-# is wider). Small enough that a band's gathered
-# windows or region responses are still in cache when the product or the dot products read
-# them; large enough that a band's product is not dominated by the fixed cost of a call.
-MIN_BAND_VALUES = 1 << 18
+# Values of one band's gathered rows, per device type (a band still takes one row where a row is
+# wider). On CPU, 1 MiB of float32: small enough that a band's gathered windows or region
+# responses are still in cache when the product or the dot products read them; large enough that
+# a band's product is not dominated by the fixed cost of a call. A GPU has no such cache to fit
+# and pays a kernel launch per step of a band, so its bands are as large as memory allows: a
+# bounded fraction of what the all-regions way would hold.
+BAND_VALUES = {'cpu': 1 << 18}
+DEFAULT_BAND_VALUES = 1 << 24
 
 # Multiply-adds that the fixed cost of one product call is worth, per device type: a length
 # class takes in a shorter group, padding it, while its padded rows cost less than a product
@@ -91,12 +94,18 @@ class _Scratch:
         return buffer[:numel].view(shape)
 
 
-def _bands(groups: int, length: int, width: int) -> Iterator[Tuple[slice, slice]]:
+def _band_values(device: torch.device) -> int:
+    """The band size of :data:`BAND_VALUES` for ``device``."""
+    return BAND_VALUES.get(device.type, DEFAULT_BAND_VALUES)
+
+
+def _bands(groups: int, length: int, width: int,
+           band_values: int) -> Iterator[Tuple[slice, slice]]:
     """Splits a ``(groups, length)`` grid of rows ``width`` values wide into bands of at most
-    ``MIN_BAND_VALUES`` values (at least one row): whole groups together where a group fits,
+    ``band_values`` values (at least one row): whole groups together where a group fits,
     else pieces of one group. Yields ``(group slice, row slice)``; a band's rows are contiguous
     in the grid's row-major order."""
-    rows = max(1, MIN_BAND_VALUES // width)
+    rows = max(1, band_values // width)
     if length <= rows:
         step = rows // length
         for start in range(0, groups, step):
@@ -201,6 +210,15 @@ def _length_classes(counts: List[int], slack_rows: int) -> List[Tuple[List[int],
     return classes
 
 
+def _to_device(values: List[int], device: torch.device) -> Tensor:
+    """``values`` as a long tensor on ``device``. A copy to a GPU goes through pinned memory
+    without blocking: from pageable memory it would wait for the device, a second host sync."""
+    tensor = torch.tensor(values, dtype=torch.long)
+    if device.type != 'cuda':
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class _Band(NamedTuple):
     """Part of a length class: groups ``key_order[groups]``, whose rows of the block layout are
     ``rows`` and hold the pixels ``pixels`` (groups, rows per group)."""
@@ -247,23 +265,26 @@ class _LengthClasses:
                 group_start[key] = self.num_rows
                 self.num_rows += length
             key_order.extend(class_keys)
-        self.key_order = torch.tensor(key_order, dtype=torch.long, device=device)
+        self.key_order, group_start = _to_device(key_order + group_start, device).split(
+            [len(key_order), len(group_start)])
         # The i-th pixel of the sorted order sits at its group's start plus its rank in the group.
         rank = torch.arange(num_pixels, device=device) - starts[sorted_keys]
-        sorted_rows = torch.tensor(group_start, dtype=torch.long, device=device)[sorted_keys] + rank
+        sorted_rows = group_start[sorted_keys] + rank
         self.pixels = torch.full((self.num_rows, ), num_pixels, dtype=torch.long, device=device)
         self.pixels.index_copy_(0, sorted_rows, order)
         self.block_row = torch.empty_like(sorted_rows).index_copy_(0, order, sorted_rows)
 
     def splits_groups(self, width: int) -> bool:
         """Whether some group's rows span several bands of :meth:`bands`."""
-        return any(length > max(1, MIN_BAND_VALUES // width) for _, _, length, _ in self.classes)
+        rows = max(1, _band_values(self.pixels.device) // width)
+        return any(length > rows for _, _, length, _ in self.classes)
 
     def bands(self, width: int) -> Iterator[_Band]:
         """The classes' blocks cut into bands of :func:`_bands`."""
         for first, groups, length, offset in self.classes:
             block = self.pixels[offset:offset + groups * length].view(groups, length)
-            for group_slice, row_slice in _bands(groups, length, width):
+            for group_slice, row_slice in _bands(groups, length, width,
+                                                 _band_values(block.device)):
                 rows = slice(offset + group_slice.start * length + row_slice.start,
                              offset + (group_slice.stop - 1) * length + row_slice.stop)
                 yield _Band(slice(first + group_slice.start, first + group_slice.stop), rows,
@@ -349,7 +370,8 @@ def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
         pixels = F.pad(input, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else input
         pixels = pixels[:, :, ::geo.stride[0], ::geo.stride[1]][:, :, :out_h, :out_w].reshape(
             batch, channels, out_h * out_w)
-    for samples, rows in _bands(batch, out_h, num_regions * out_channels * out_w):
+    for samples, rows in _bands(batch, out_h, num_regions * out_channels * out_w,
+                                _band_values(input.device)):
         count = samples.stop - samples.start
         filters = weight[samples].reshape(-1, channels, kernel_h, kernel_w)
         if geo.kernel == (1, 1):

@@ -26,13 +26,20 @@ STRATEGIES = {
 }
 
 
+def set_band_values(monkeypatch, values):
+    for device_type in ('cpu', 'cuda'):
+        monkeypatch.setitem(region_products.BAND_VALUES, device_type, values)
+
+
 @pytest.fixture(params=list(STRATEGIES))
 def strategy(request, monkeypatch):
     settings = STRATEGIES[request.param]
     if 'call_macs' in settings:
-        monkeypatch.setitem(region_products.PRODUCT_CALL_MACS, 'cpu', settings['call_macs'])
+        for device_type in ('cpu', 'cuda'):
+            monkeypatch.setitem(region_products.PRODUCT_CALL_MACS, device_type,
+                                settings['call_macs'])
     if 'band_values' in settings:
-        monkeypatch.setattr(region_products, 'MIN_BAND_VALUES', settings['band_values'])
+        set_band_values(monkeypatch, settings['band_values'])
     if 'key_order' in settings:
         monkeypatch.setattr(region_products, '_filters_outweigh_windows', lambda *args: True)
     return request.param
@@ -116,18 +123,24 @@ def test_filters_outweigh_windows():
     assert not region_products._filters_outweigh_windows(weight, 30)
 
 
-def test_bands(monkeypatch):
-    monkeypatch.setattr(region_products, 'MIN_BAND_VALUES', 24)
-    # Rows 4 wide: 6 rows per band, i.e. 3 whole groups of 2 rows.
-    assert list(region_products._bands(4, 2, 4)) == [(slice(0, 3), slice(0, 2)),
-                                                     (slice(3, 4), slice(0, 2))]
+def test_bands():
+    # 24-value bands of rows 4 wide: 6 rows per band, i.e. 3 whole groups of 2 rows.
+    assert list(region_products._bands(4, 2, 4, 24)) == [(slice(0, 3), slice(0, 2)),
+                                                         (slice(3, 4), slice(0, 2))]
     # Groups of 8 rows do not fit: pieces of one group.
-    assert list(region_products._bands(2, 8, 4)) == [
+    assert list(region_products._bands(2, 8, 4, 24)) == [
         (slice(0, 1), slice(0, 6)), (slice(0, 1), slice(6, 8)),
         (slice(1, 2), slice(0, 6)), (slice(1, 2), slice(6, 8))]
     # Rows wider than a band still go one at a time.
-    assert list(region_products._bands(1, 2, 100)) == [(slice(0, 1), slice(0, 1)),
-                                                       (slice(0, 1), slice(1, 2))]
+    assert list(region_products._bands(1, 2, 100, 24)) == [(slice(0, 1), slice(0, 1)),
+                                                           (slice(0, 1), slice(1, 2))]
+
+
+def test_band_values_per_device(monkeypatch):
+    monkeypatch.setitem(region_products.BAND_VALUES, 'cpu', 7)
+    assert region_products._band_values(torch.device('cpu')) == 7
+    assert region_products._band_values(torch.device('meta')) == (
+        region_products.DEFAULT_BAND_VALUES)
 
 
 def relative_error(got, want):
@@ -160,7 +173,7 @@ def test_half_gradients_match_float32(dtype, band_values, key_order, monkeypatch
     of the results: sums over bands (10-row bands: 1500 values of 144-value windows), overlapping
     windows and channels are kept in float32."""
     if band_values is not None:
-        monkeypatch.setattr(region_products, 'MIN_BAND_VALUES', band_values)
+        set_band_values(monkeypatch, band_values)
     monkeypatch.setattr(region_products, '_filters_outweigh_windows', lambda *args: key_order)
     gen = torch.Generator().manual_seed(0)
     shapes = dict(x=(2, 16, 12, 10), weight=(2, 4, 8, 16, 3, 3), guide=(2, 4, 12, 10), bias=(8, ))
