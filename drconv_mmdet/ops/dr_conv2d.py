@@ -214,6 +214,18 @@ def _autocast(tensor: Optional[Tensor], device_type: str, dtype: torch.dtype) ->
     return tensor.to(dtype)
 
 
+def _cast_for_autocast(input: Tensor, weight: Tensor, bias: Optional[Tensor]
+                       ) -> Tuple[Tensor, Tensor, Optional[Tensor], bool]:
+    """``input``, ``weight`` and ``bias`` cast by :func:`_autocast` where autocast is on for
+    ``input``'s device, and whether it is."""
+    device_type = input.device.type
+    if not is_autocast_enabled(device_type):
+        return input, weight, bias, False
+    dtype = get_autocast_dtype(device_type)
+    input, weight, bias = (_autocast(t, device_type, dtype) for t in (input, weight, bias))
+    return input, weight, bias, True
+
+
 def dr_conv2d(input: Tensor,
               weight: Tensor,
               guide: Tensor,
@@ -270,16 +282,12 @@ def dr_conv2d(input: Tensor,
     if torch.onnx.is_in_onnx_export():
         # Either ONNX exporter: standard ONNX ops with dynamic sizes (forward only).
         return dr_conv2d_lowered(input, weight, guide, bias, stride, padding, dilation)
-    device_type = input.device.type
-    autocast = is_autocast_enabled(device_type)
-    if autocast:
-        dtype = get_autocast_dtype(device_type)
-        input, weight, bias = (_autocast(t, device_type, dtype) for t in (input, weight, bias))
+    input, weight, bias, autocast = _cast_for_autocast(input, weight, bias)
     geo = _check_args(input, weight, guide, bias, stride, padding, dilation)
     if not autocast:
         return _region_conv(input, weight, guide, bias, geo)
     # The kernels run in the dtype chosen above, with the guide in its own.
-    with torch.autocast(device_type, enabled=False):
+    with torch.autocast(input.device.type, enabled=False):
         return _region_conv(input, weight, guide, bias, geo)
 
 
@@ -295,8 +303,9 @@ def dr_conv2d_reference(input: Tensor,
     Computes the ``m`` region outputs of every pixel, keeps the argmax region per
     pixel and gets the guide gradient from the straight-through surrogate. It costs ``m``
     convolutions and holds a ``(B, m, O, Ho, Wo)`` tensor, as the public implementations do.
-    Same arguments, shapes and gradients as :func:`dr_conv2d`.
+    Same arguments, shapes, gradients and autocast casts as :func:`dr_conv2d`.
     """
+    input, weight, bias, _ = _cast_for_autocast(input, weight, bias)
     geo = _check_args(input, weight, guide, bias, stride, padding, dilation)
     batch, num_regions, out_channels = weight.shape[:3]
     cols = F.unfold(input, geo.kernel, dilation=geo.dilation, padding=geo.padding,

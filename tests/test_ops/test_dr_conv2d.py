@@ -245,6 +245,16 @@ def test_autocast_keeps_the_guide_dtype():
         [F.conv2d(x[b:b + 1], weight[b, 0], padding=1) for b in range(2)])).abs().max()
 
 
+def test_reference_casts_like_the_op_under_autocast():
+    x, weight, guide, bias, *geo = make_args(2, 3, GEOMETRIES[2], dtype=torch.float32)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        # A generator's filters come out of autocast in bfloat16, the input stays float32.
+        ref = dr_conv2d_reference(x, weight.bfloat16(), guide, bias, *geo)
+        out = dr_conv2d(x, weight.bfloat16(), guide, bias, *geo)
+    assert ref.dtype == out.dtype == torch.bfloat16
+    torch.testing.assert_close(ref, out, rtol=0.02, atol=0.05)
+
+
 def test_autocast_leaves_float64_alone():
     args = make_args(2, 3, GEOMETRIES[1])
     with torch.autocast('cpu', dtype=torch.bfloat16):

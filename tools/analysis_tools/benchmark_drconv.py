@@ -89,6 +89,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--regions', nargs='+', type=int, default=[8])
     parser.add_argument('--repeat', type=int, default=5, help='timed rounds (median)')
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--amp', choices=sorted(AMP_DTYPES),
+                        help='run every case under torch.autocast in this dtype, as training '
+                        'with --amp does (default: float32)')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--timer', default='wall', choices=['wall', 'cpu'],
                         help='wall clock, or the process\'s CPU time: with --threads 1 on a '
@@ -126,6 +129,9 @@ def cases_of(args: argparse.Namespace) -> List[Case]:
         Case(args.batch, args.channels, args.out_channels, size, kernel, regions)
         for kernel in args.kernels for size in args.sizes for regions in args.regions
     ]
+
+
+AMP_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 def synchronize(device: str) -> None:
@@ -197,18 +203,24 @@ BUILDERS: Dict[str, Builder] = {'op': op_builder, 'layer': layer_builder,
                                 'backbone': backbone_builder}
 
 
-def make_steps(fn: Callable, x: torch.Tensor, leaves: List[torch.Tensor], device: str
-               ) -> Tuple[Callable[[], None], Callable[[], None]]:
-    """The forward pass without grad, and a training step that frees the gradients after."""
+def make_steps(fn: Callable, x: torch.Tensor, leaves: List[torch.Tensor], device: str,
+               amp: Optional[str] = None) -> Tuple[Callable[[], None], Callable[[], None]]:
+    """The forward pass without grad, and a training step that frees the gradients after; both
+    under autocast in ``amp``'s dtype if given."""
     leaf = x.detach().requires_grad_()
 
+    def autocast():
+        return torch.autocast(device, dtype=AMP_DTYPES[amp or 'bf16'], enabled=amp is not None)
+
     def forward():
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             fn(x)
         synchronize(device)
 
     def train_step():
-        fn(leaf).sum().backward()
+        with autocast():
+            out = fn(leaf)
+        out.float().sum().backward()
         synchronize(device)
         for t in (leaf, *leaves):
             t.grad = None
@@ -217,11 +229,11 @@ def make_steps(fn: Callable, x: torch.Tensor, leaves: List[torch.Tensor], device
 
 
 def time_case(fns: Dict[str, Callable], x: torch.Tensor, leaves: List[torch.Tensor],
-              repeat: int, device: str, timer: Callable[[], float]
+              repeat: int, device: str, timer: Callable[[], float], amp: Optional[str] = None
               ) -> Dict[str, Tuple[float, float]]:
     """Median ms of forward and training step per callable, rounds interleaved so that load
     changes on a shared machine affect every callable alike."""
-    steps = {name: make_steps(fn, x, leaves, device) for name, fn in fns.items()}
+    steps = {name: make_steps(fn, x, leaves, device, amp) for name, fn in fns.items()}
     times: Dict[Tuple[str, int], List[float]] = {}
     for round_ in range(repeat + 1):
         for name, pair in steps.items():
@@ -236,11 +248,12 @@ def time_case(fns: Dict[str, Callable], x: torch.Tensor, leaves: List[torch.Tens
     }
 
 
-def profile_table(fn: Callable, x: torch.Tensor, leaves: List[torch.Tensor], device: str) -> str:
+def profile_table(fn: Callable, x: torch.Tensor, leaves: List[torch.Tensor], device: str,
+                  amp: Optional[str] = None) -> str:
     """torch.profiler's table of one forward pass and one training step, most time first."""
     from torch.profiler import ProfilerActivity, profile
 
-    forward, train_step = make_steps(fn, x, leaves, device)
+    forward, train_step = make_steps(fn, x, leaves, device, amp)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == 'cuda' else [])
     tables = []
     for step in (forward, train_step):
@@ -260,11 +273,12 @@ def rss_bytes(field: str) -> int:
     raise RuntimeError(f'/proc/self/status has no {field}')
 
 
-def peak_memory_of(part: str, case: Case, name: str, device: str) -> int:
+def peak_memory_of(part: str, case: Case, name: str, device: str,
+                   amp: Optional[str] = None) -> int:
     """Bytes a training step holds at its peak above the level before it (in this process)."""
     fns, leaves = BUILDERS[part](case, device)
     x = torch.randn(case.batch, case.in_channels, *case.size, device=device)
-    _, train_step = make_steps(fns[name], x, leaves, device)
+    _, train_step = make_steps(fns[name], x, leaves, device, amp)
     train_step()  # warm-up: one-time allocations of the backends are not the step's
     if device == 'cuda':
         torch.cuda.reset_peak_memory_stats()
@@ -286,6 +300,8 @@ def measure_memory(part: str, case: Case, name: str, args: argparse.Namespace) -
                args.device]
     if args.threads:
         command += ['--threads', str(args.threads)]
+    if args.amp:
+        command += ['--amp', args.amp]
     result = subprocess.run(command, check=True, capture_output=True, text=True)
     return int(result.stdout.strip().splitlines()[-1])
 
@@ -318,14 +334,14 @@ def table_row(row: dict, memory: bool) -> str:
     return '| ' + ' | '.join(cells) + ' |'
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_case:
         spec = json.loads(args.memory_case)
         case = Case(**{**spec['case'], 'size': tuple(spec['case']['size'])})
-        print(peak_memory_of(spec['part'], case, spec['name'], args.device))
+        print(peak_memory_of(spec['part'], case, spec['name'], args.device, args.amp))
         return
     torch.manual_seed(0)
     tables = []
@@ -342,10 +358,10 @@ def main() -> None:
                      f'{case.batch} | {case.size[0]}x{case.size[1]}')
             timer = time.process_time if args.timer == 'cpu' else time.perf_counter
             row = dict(label=label,
-                       times=time_case(fns, x, leaves, args.repeat, args.device, timer))
+                       times=time_case(fns, x, leaves, args.repeat, args.device, timer, args.amp))
             if args.profile:
                 print(f'{part} {label}: profile of {list(fns)[1]}\n' +
-                      profile_table(list(fns.values())[1], x, leaves, args.device))
+                      profile_table(list(fns.values())[1], x, leaves, args.device, args.amp))
             del fns, leaves, x
             if args.memory:
                 row['memory'] = {name: measure_memory(part, case, name, args)
@@ -360,7 +376,8 @@ def main() -> None:
               f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
               f'{torch.get_num_threads()} threads')
     text = (f'{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {device}, torch '
-            f'{torch.__version__}, {args.timer} time\n\n' + '\n\n'.join(tables))
+            f'{torch.__version__}, {args.timer} time, '
+            f'{"autocast " + args.amp if args.amp else "float32"}\n\n' + '\n\n'.join(tables))
     print(text)
     if args.out:
         with open(args.out, 'w') as f:
