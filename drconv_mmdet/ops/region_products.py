@@ -49,6 +49,12 @@ DEFAULT_BAND_VALUES = 1 << 24
 PRODUCT_CALL_MACS = {'cpu': 1 << 19}
 DEFAULT_PRODUCT_CALL_MACS = 1 << 26
 
+# Bands of the guide gradient's grouped convolutions (k > 1), per device type: values of the
+# region responses, and samples per convolution. oneDNN runs a convolution of a few output rows,
+# or of many groups, far below its speed on whole maps of a few groups.
+GUIDE_CONV_BAND_VALUES = {'cpu': 1 << 22}
+GUIDE_CONV_SAMPLES = {'cpu': 8}
+
 
 def quiet_under_tracing(kernel: Callable) -> Callable:
     """Silences ``torch.jit.trace``'s warnings about reading sizes and counts in ``kernel``.
@@ -99,15 +105,15 @@ def _band_values(device: torch.device) -> int:
     return BAND_VALUES.get(device.type, DEFAULT_BAND_VALUES)
 
 
-def _bands(groups: int, length: int, width: int,
-           band_values: int) -> Iterator[Tuple[slice, slice]]:
+def _bands(groups: int, length: int, width: int, band_values: int,
+           max_groups: Optional[int] = None) -> Iterator[Tuple[slice, slice]]:
     """Splits a ``(groups, length)`` grid of rows ``width`` values wide into bands of at most
-    ``band_values`` values (at least one row): whole groups together where a group fits,
-    else pieces of one group. Yields ``(group slice, row slice)``; a band's rows are contiguous
-    in the grid's row-major order."""
+    ``band_values`` values (at least one row): whole groups together where a group fits (at most
+    ``max_groups`` of them), else pieces of one group. Yields ``(group slice, row slice)``; a
+    band's rows are contiguous in the grid's row-major order."""
     rows = max(1, band_values // width)
     if length <= rows:
-        step = rows // length
+        step = rows // length if max_groups is None else min(rows // length, max_groups)
         for start in range(0, groups, step):
             yield slice(start, min(start + step, groups)), slice(0, length)
     else:
@@ -355,8 +361,9 @@ def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
     Every region's response is needed: m convolutions of work. They run per band of samples (or
     of one sample's output rows), each sample's m filters stacked as one (m*O)-channel filter:
     as one grouped convolution, where the backend avoids gathering windows and the shapes do not
-    depend on the regions (cuDNN autotunes them once); for 1x1 filters as one bmm. Bands are
-    small so that the responses are still in cache for the dot products.
+    depend on the regions (cuDNN autotunes them once); for 1x1 filters as one bmm. The bmm's
+    bands are those of the products, small on CPU so that the responses are still in cache for
+    the dot products; the convolutions' bands (:data:`GUIDE_CONV_BAND_VALUES`) are larger.
     """
     batch, num_regions, out_channels, channels, kernel_h, kernel_w = weight.shape
     height, width = input.shape[-2:]
@@ -370,8 +377,14 @@ def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
         pixels = F.pad(input, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else input
         pixels = pixels[:, :, ::geo.stride[0], ::geo.stride[1]][:, :, :out_h, :out_w].reshape(
             batch, channels, out_h * out_w)
-    for samples, rows in _bands(batch, out_h, num_regions * out_channels * out_w,
-                                _band_values(input.device)):
+    device_type = input.device.type
+    if geo.kernel == (1, 1):
+        band_values, max_samples = _band_values(input.device), None
+    else:
+        band_values = GUIDE_CONV_BAND_VALUES.get(device_type, DEFAULT_BAND_VALUES)
+        max_samples = GUIDE_CONV_SAMPLES.get(device_type)
+    for samples, rows in _bands(batch, out_h, num_regions * out_channels * out_w, band_values,
+                                max_samples):
         count = samples.stop - samples.start
         filters = weight[samples].reshape(-1, channels, kernel_h, kernel_w)
         if geo.kernel == (1, 1):

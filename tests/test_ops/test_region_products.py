@@ -29,6 +29,7 @@ STRATEGIES = {
 def set_band_values(monkeypatch, values):
     for device_type in ('cpu', 'cuda'):
         monkeypatch.setitem(region_products.BAND_VALUES, device_type, values)
+        monkeypatch.setitem(region_products.GUIDE_CONV_BAND_VALUES, device_type, values)
 
 
 @pytest.fixture(params=list(STRATEGIES))
@@ -131,6 +132,9 @@ def test_bands():
     assert list(region_products._bands(2, 8, 4, 24)) == [
         (slice(0, 1), slice(0, 6)), (slice(0, 1), slice(6, 8)),
         (slice(1, 2), slice(0, 6)), (slice(1, 2), slice(6, 8))]
+    # At most 2 groups per band, though 3 fit.
+    assert list(region_products._bands(4, 2, 4, 24, max_groups=2)) == [
+        (slice(0, 2), slice(0, 2)), (slice(2, 4), slice(0, 2))]
     # Rows wider than a band still go one at a time.
     assert list(region_products._bands(1, 2, 100, 24)) == [(slice(0, 1), slice(0, 1)),
                                                            (slice(0, 1), slice(1, 2))]
