@@ -16,6 +16,7 @@ from setuptools import find_packages, setup
 
 REPO_ROOT = osp.dirname(osp.abspath(__file__))
 MIM_FILES = ('configs', 'tools', 'model-index.yml')
+CPU_KERNELS = 'drconv_mmdet/ops/csrc/region_products_cpu.cpp'
 
 
 def read_version() -> str:
@@ -57,6 +58,41 @@ def add_mim_extension() -> None:
             shutil.copyfile(src, dst)
 
 
+def cpu_extension() -> dict:
+    """``setup()`` arguments that build the compiled CPU kernels, where torch imports here.
+
+    Under pip's build isolation torch is missing: the package is then pure Python, and the op
+    runs its PyTorch kernels. The module's name carries the torch version it is built against
+    (see drconv_mmdet/ops/cpu_extension.py): an extension only works with that torch, and
+    environments with different torch share an editable checkout.
+    """
+    try:
+        import torch
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        return {}
+    # ATen's parallel_for is an OpenMP pragma in a header: without OpenMP it runs serially.
+    openmp = {'linux': ['-fopenmp'], 'win32': ['/openmp']}.get(sys.platform, [])
+    version = torch.__version__.split('+')[0].replace('.', '_')
+
+    class OptionalBuildExtension(BuildExtension):
+        """Leaves the extension out, with a warning, where it does not compile (no compiler):
+        the package works without it."""
+
+        def build_extension(self, ext) -> None:
+            try:
+                super().build_extension(ext)
+            except Exception as error:  # compilers fail in many exception types
+                print(f'WARNING: {ext.name} was not built ({error}); the DRConv op will run '
+                      'its PyTorch kernels on CPU', file=sys.stderr)
+
+    extension = CppExtension(
+        f'drconv_mmdet._C_torch{version}', [CPU_KERNELS],
+        extra_compile_args=['-O3' if os.name != 'nt' else '/O2', *openmp],
+        extra_link_args=[flag for flag in openmp if flag != '/openmp'])
+    return dict(ext_modules=[extension], cmdclass={'build_ext': OptionalBuildExtension})
+
+
 if __name__ == '__main__':
     add_mim_extension()
     with open(osp.join(REPO_ROOT, 'README.md'), encoding='utf-8') as f:
@@ -80,4 +116,5 @@ if __name__ == '__main__':
             'Programming Language :: Python :: 3',
             'Topic :: Scientific/Engineering :: Artificial Intelligence',
         ],
-        zip_safe=False)
+        zip_safe=False,
+        **cpu_extension())

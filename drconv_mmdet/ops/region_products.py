@@ -18,6 +18,13 @@ key ``b * m + r``, without a loop over samples:
 Only the groups' sizes go to the host (one sync per call); everything else stays on the device,
 and products are ``torch.bmm`` (on CUDA, cuBLAS: no per-shape autotuning, as cuDNN has for
 convolutions of data-dependent shapes under ``cudnn.benchmark``).
+
+On CPU, where the compiled kernels of :mod:`.cpu_extension` are built (and
+:data:`USE_CPU_EXTENSION` is set), they compute the forward pass and the input and weight
+gradients instead: they fuse the gather, product and scatter of a tile of pixels in cache and
+run tiles in parallel, where the PyTorch kernels make a memory pass per step and call per band
+from Python. The guide and bias gradients, and every other device, use the PyTorch kernels,
+which are also the reference the compiled ones are tested against.
 """
 import functools
 import math
@@ -28,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import cpu_extension
 from .geometry import Geometry
 
 __all__ = [
@@ -48,6 +56,10 @@ DEFAULT_BAND_VALUES = 1 << 24
 # call of their own. A GPU kernel launch is worth far more multiply-adds than a CPU call.
 PRODUCT_CALL_MACS = {'cpu': 1 << 19}
 DEFAULT_PRODUCT_CALL_MACS = 1 << 26
+
+# Whether CPU calls use the compiled kernels where they are built (tests switch it off to test
+# the PyTorch kernels).
+USE_CPU_EXTENSION = True
 
 # Bands of the guide gradient's grouped convolutions (k > 1), per device type: values of the
 # region responses, and samples per convolution. oneDNN runs a convolution of a few output rows,
@@ -326,6 +338,17 @@ def _regions(guide: Tensor) -> Tensor:
     return guide.permute(0, 2, 3, 1).contiguous().argmax(dim=-1).flatten(1)
 
 
+def _runs_cpu_extension(input: Tensor) -> bool:
+    """Whether the compiled CPU kernels compute this call's products (see the module's
+    docstring). They take every floating dtype the op does."""
+    return USE_CPU_EXTENSION and cpu_extension.AVAILABLE and input.device.type == 'cpu'
+
+
+def _geometry_lists(geo: Geometry) -> Tuple[List[int], List[int], List[int]]:
+    """Stride, padding and dilation as the compiled kernels take them."""
+    return list(geo.stride), list(geo.padding), list(geo.dilation)
+
+
 def conv_memory_format(tensor: Tensor) -> torch.memory_format:
     """The layout nn.Conv2d gives a result computed from ``tensor``: channels-last for a
     channels-last 4-D tensor, else contiguous."""
@@ -409,6 +432,9 @@ def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
 def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
                         geo: Geometry) -> Tensor:
     """Forward of :func:`drconv_mmdet.ops.dr_conv2d` on validated arguments of one dtype."""
+    if _runs_cpu_extension(input):
+        return cpu_extension.region_forward(input, weight.contiguous(), _regions(guide), bias,
+                                            *_geometry_lists(geo))
     batch, num_regions, out_channels, channels = weight.shape[:4]
     memory_format = conv_memory_format(input)
     width = geo.taps * channels
@@ -439,23 +465,22 @@ def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Opti
     return output
 
 
-@quiet_under_tracing
-def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tensor,
-                         geo: Geometry, need_input: bool, need_weight: bool, need_guide: bool,
-                         need_bias: bool) -> Tuple[Optional[Tensor], ...]:
-    """Gradients of :func:`region_conv_forward` for ``(input, weight, guide, bias)``; ``None``
-    where not needed. ``guide`` gets the straight-through gradient (Eq. 7-8)."""
-    batch, num_regions, out_channels, channels, kernel_h, kernel_w = weight.shape
+def _region_input_weight_grads(grad_output: Tensor, input: Tensor, weight: Tensor,
+                               guide: Tensor, geo: Geometry, need_input: bool,
+                               need_weight: bool) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """The PyTorch kernels' gradients of :func:`region_conv_forward` for ``input`` and
+    ``weight``; ``None`` where not needed."""
+    grad_input = grad_weight = None
+    batch, num_regions, out_channels, channels = weight.shape[:4]
     dtype = input.dtype
     acc_dtype = _accumulation_dtype(dtype)
     width = geo.taps * channels
     grad_rows = _pixel_rows(grad_output)
     windows = _BatchWindows(input, geo)
     scratch = _Scratch(input)
-    grad_input = grad_weight = grad_guide = grad_bias = None
     num_pixels = grad_rows.shape[0] - 1
 
-    if (need_input or need_weight) and num_pixels:
+    if num_pixels:
         classes = _LengthClasses(_regions(guide), num_regions, out_channels, width,
                                  _filters_outweigh_windows(weight, num_pixels))
         # In key order every group, empty or not, is in exactly one band unless groups are
@@ -471,7 +496,7 @@ def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, gui
             grad_filters = weight.new_zeros(filters_shape, dtype=acc_dtype)
     if need_input:
         grad_window_rows = torch.zeros_like(windows.rows, dtype=acc_dtype)
-    if (need_input or need_weight) and num_pixels:
+    if num_pixels:
         for band in classes.bands(width):
             shape = band.pixels.shape
             window_rows = windows.window_rows(band.pixels)
@@ -504,6 +529,25 @@ def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, gui
         grad_images = windows.images(grad_window_rows)[:, pad_h:pad_h + height,
                                                        pad_w:pad_w + width_in]
         grad_input = _as_layout(grad_images.permute(0, 3, 1, 2), dtype, conv_memory_format(input))
+    return grad_input, grad_weight
+
+
+@quiet_under_tracing
+def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tensor,
+                         geo: Geometry, need_input: bool, need_weight: bool, need_guide: bool,
+                         need_bias: bool) -> Tuple[Optional[Tensor], ...]:
+    """Gradients of :func:`region_conv_forward` for ``(input, weight, guide, bias)``; ``None``
+    where not needed. ``guide`` gets the straight-through gradient (Eq. 7-8)."""
+    grad_input = grad_weight = grad_guide = grad_bias = None
+    dtype = input.dtype
+    acc_dtype = _accumulation_dtype(dtype)
+    if (need_input or need_weight) and _runs_cpu_extension(input):
+        grad_input, grad_weight = cpu_extension.region_backward(
+            grad_output, input, weight.contiguous(), _regions(guide), *_geometry_lists(geo),
+            need_input, need_weight)
+    elif need_input or need_weight:
+        grad_input, grad_weight = _region_input_weight_grads(grad_output, input, weight, guide,
+                                                             geo, need_input, need_weight)
     if need_guide:
         grad_probs = _region_response_dots(input, weight, grad_output, geo)
         # Eq. 8: back through the softmax that stands in for the argmax; half precision would

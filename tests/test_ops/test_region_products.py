@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from drconv_mmdet.ops import dr_conv2d, region_products
+from drconv_mmdet.ops import cpu_extension, dr_conv2d, region_products
 from test_dr_conv2d import (GEOMETRIES, LAYOUTS, grads, loop_dr_conv2d, loop_guide_grad,
                             make_args)
 
 # How a call is cut: the product-call cost that decides how far groups are padded into length
-# classes, and the band size.
+# classes, and the band size; or the compiled CPU kernels. Every other strategy runs the PyTorch
+# kernels.
 STRATEGIES = {
     'default': {},
     # No padding: only groups of equal length share a product.
@@ -23,7 +24,13 @@ STRATEGIES = {
     # Filters used in place: all groups, empty ones too, padded in key order.
     'key_order': dict(key_order=True),
     'key_order_one_row_bands': dict(key_order=True, band_values=0),
+    'cpu_extension': dict(cpu_extension=True),
 }
+NOT_BUILT = 'the compiled CPU kernels are not built for this torch (pip install -e .)'
+
+
+def use_pytorch_kernels(monkeypatch):
+    monkeypatch.setattr(region_products, 'USE_CPU_EXTENSION', False)
 
 
 def set_band_values(monkeypatch, values):
@@ -35,6 +42,12 @@ def set_band_values(monkeypatch, values):
 @pytest.fixture(params=list(STRATEGIES))
 def strategy(request, monkeypatch):
     settings = STRATEGIES[request.param]
+    if settings.get('cpu_extension'):
+        if not cpu_extension.AVAILABLE:
+            pytest.skip(NOT_BUILT)
+        monkeypatch.setattr(region_products, 'USE_CPU_EXTENSION', True)
+    else:
+        use_pytorch_kernels(monkeypatch)
     if 'call_macs' in settings:
         for device_type in ('cpu', 'cuda'):
             monkeypatch.setitem(region_products.PRODUCT_CALL_MACS, device_type,
@@ -176,6 +189,7 @@ def test_half_gradients_match_float32(dtype, band_values, key_order, monkeypatch
     """Half-precision gradients of half-representable inputs are float32's within the rounding
     of the results: sums over bands (10-row bands: 1500 values of 144-value windows), overlapping
     windows and channels are kept in float32."""
+    use_pytorch_kernels(monkeypatch)
     if band_values is not None:
         set_band_values(monkeypatch, band_values)
     monkeypatch.setattr(region_products, '_filters_outweigh_windows', lambda *args: key_order)

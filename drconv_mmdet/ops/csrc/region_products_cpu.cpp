@@ -1,0 +1,556 @@
+// The DRConv op's region products on CPU: the forward pass and the input and weight gradients.
+//
+// Output pixel p of sample b is weight[b, r] @ window(b, p) with r = regions[b, p]. The pixels
+// of every sample are sorted by region (a counting sort). Work is cut into tasks that each
+// gather a tile of windows into a small buffer, multiply it with one region's filter
+// (at::mm, which inside a parallel region runs on the calling thread) and write the results
+// straight to their pixels, so that windows never exist for the whole map at once and every
+// tile's data is still in cache when the product reads it.
+//
+// Windows are read from the input in channels-last rows (one pixel's C channels contiguous);
+// taps outside the input read zeros, so no padded copy of the input is made. A window is
+// gathered either in the filter's own order (channel-major: c * taps + t), which lets the
+// filter be used where it is, or tap-major (t * C + c), which copies whole channel rows but
+// needs the filter reordered once per group: tap-major pays where a group has more pixels than
+// its filter has rows.
+//
+// Half types (float16, bfloat16) are computed in float32: windows and filters are converted
+// when they are gathered, and every sum (over channels, taps, tiles and overlapping windows) is
+// a float32 sum, as oneDNN and cuDNN accumulate. This needs no half-precision matrix product,
+// which older torch lacks on CPU.
+#include <torch/extension.h>
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+// Values of one tile's gathered windows (or of its output-channel gradients, if wider): small
+// enough that a tile stays in a core's L2 cache from its gather to its products, large enough
+// that a product is not dominated by the fixed cost of a call.
+constexpr int64_t kTileValues = 1 << 15;
+constexpr int64_t kMinTilePixels = 8;
+constexpr int64_t kMaxTilePixels = 512;
+// The backward pass is cut into (sample, channel block) tasks; a block has at least this many
+// input channels, so that its products stay wide enough to be efficient.
+constexpr int64_t kMinBlockChannels = 16;
+
+struct Problem {
+  int64_t batch, channels, height, width;
+  int64_t regions, out_channels, kernel_h, kernel_w;
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int64_t out_h, out_w;
+
+  int64_t taps() const { return kernel_h * kernel_w; }
+  int64_t window() const { return channels * taps(); }
+  int64_t out_pixels() const { return out_h * out_w; }
+  int64_t groups() const { return batch * regions; }
+  // Whether a group of `pixels` pixels gathers tap-major (see the top of this file).
+  bool tap_major(int64_t pixels) const { return taps() > 1 && pixels > out_channels; }
+};
+
+std::pair<int64_t, int64_t> as_pair(at::IntArrayRef values, const char* name) {
+  TORCH_CHECK(values.size() == 2, name, " must hold 2 values, but got ", values);
+  return {values[0], values[1]};
+}
+
+Problem make_problem(const Tensor& input, const Tensor& weight, const Tensor& regions,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  TORCH_CHECK(input.dim() == 4, "input must be 4-D (B, C, H, W), but got shape ", input.sizes());
+  TORCH_CHECK(weight.dim() == 6, "weight must be 6-D (B, m, O, C, kh, kw), but got shape ",
+              weight.sizes());
+  TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu() && regions.device().is_cpu(),
+              "input, weight and regions must be on the CPU");
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "weight must have the dtype of input (",
+              input.scalar_type(), "), but got ", weight.scalar_type());
+  TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
+  Problem pb;
+  pb.batch = input.size(0);
+  pb.channels = input.size(1);
+  pb.height = input.size(2);
+  pb.width = input.size(3);
+  pb.regions = weight.size(1);
+  pb.out_channels = weight.size(2);
+  pb.kernel_h = weight.size(4);
+  pb.kernel_w = weight.size(5);
+  TORCH_CHECK(weight.size(0) == pb.batch && weight.size(3) == pb.channels,
+              "weight must have shape (B=", pb.batch, ", m, O, C=", pb.channels,
+              ", kh, kw), but got ", weight.sizes());
+  std::tie(pb.stride_h, pb.stride_w) = as_pair(stride, "stride");
+  std::tie(pb.pad_h, pb.pad_w) = as_pair(padding, "padding");
+  std::tie(pb.dilation_h, pb.dilation_w) = as_pair(dilation, "dilation");
+  TORCH_CHECK(pb.stride_h > 0 && pb.stride_w > 0 && pb.dilation_h > 0 && pb.dilation_w > 0 &&
+                  pb.pad_h >= 0 && pb.pad_w >= 0,
+              "stride and dilation must be positive and padding non-negative");
+  pb.out_h = (pb.height + 2 * pb.pad_h - pb.dilation_h * (pb.kernel_h - 1) - 1) / pb.stride_h + 1;
+  pb.out_w = (pb.width + 2 * pb.pad_w - pb.dilation_w * (pb.kernel_w - 1) - 1) / pb.stride_w + 1;
+  TORCH_CHECK(pb.out_h > 0 && pb.out_w > 0, "input of spatial size ", input.sizes().slice(2),
+              " is too small for the filters");
+  TORCH_CHECK(regions.scalar_type() == at::kLong && regions.dim() == 2 &&
+                  regions.size(0) == pb.batch && regions.size(1) == pb.out_pixels(),
+              "regions must be an int64 tensor of shape (B=", pb.batch, ", Ho*Wo=",
+              pb.out_pixels(), "), but got ", regions.scalar_type(), " of shape ",
+              regions.sizes());
+  return pb;
+}
+
+// The layout nn.Conv2d gives a result computed from `tensor` (as conv_memory_format in
+// region_products.py): channels-last for a channels-last tensor that is not also contiguous.
+at::MemoryFormat conv_memory_format(const Tensor& tensor) {
+  return tensor.is_contiguous(at::MemoryFormat::ChannelsLast) && !tensor.is_contiguous()
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+// The output pixels of every sample sorted by region: group g = b * m + r holds the pixels
+// order[start[g]:start[g + 1]], each an index into its sample's Ho * Wo pixels, in raster order
+// (the sort is stable), so that neighbouring windows of a tile read neighbouring rows.
+struct Groups {
+  std::vector<int64_t> start;
+  std::vector<int64_t> order;
+
+  int64_t size(int64_t group) const { return start[group + 1] - start[group]; }
+};
+
+Groups sort_by_region(const Problem& pb, const Tensor& regions_arg) {
+  const Tensor regions = regions_arg.contiguous();
+  const int64_t* region_of = regions.data_ptr<int64_t>();
+  const int64_t pixels = pb.out_pixels(), num_regions = pb.regions;
+  Groups groups;
+  groups.start.resize(pb.groups() + 1);
+  groups.order.resize(pb.batch * pixels);
+  groups.start[pb.groups()] = pb.batch * pixels;
+  at::parallel_for(0, pb.batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> next(num_regions);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t* sample = region_of + b * pixels;
+      std::fill(next.begin(), next.end(), 0);
+      for (int64_t p = 0; p < pixels; ++p) {
+        TORCH_CHECK(sample[p] >= 0 && sample[p] < num_regions, "regions must lie in [0, ",
+                    num_regions, "), but sample ", b, " has ", sample[p]);
+        ++next[sample[p]];
+      }
+      int64_t offset = b * pixels;
+      for (int64_t r = 0; r < num_regions; ++r) {
+        groups.start[b * num_regions + r] = offset;
+        std::swap(offset, next[r]);
+        offset += next[r];
+      }
+      for (int64_t p = 0; p < pixels; ++p) {
+        groups.order[next[sample[p]]++] = p;
+      }
+    }
+  });
+  return groups;
+}
+
+// Runs task(i) for every i in [0, num_tasks) on ATen's threads, a thread taking the next task
+// as soon as it is done, since tasks differ in cost (groups differ in size). make_worker() is
+// called once per thread and returns the task function, which owns that thread's buffers.
+template <typename MakeWorker>
+void run_tasks(int64_t num_tasks, const MakeWorker& make_worker) {
+  if (num_tasks == 0) {
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), num_tasks);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    auto task = make_worker();
+    for (int64_t i = next++; i < num_tasks; i = next++) {
+      task(i);
+    }
+  });
+}
+
+int64_t tile_pixels(int64_t row_values) {
+  return std::clamp(kTileValues / std::max<int64_t>(row_values, 1), kMinTilePixels,
+                    kMaxTilePixels);
+}
+
+// Calls visit(t, offset) for every tap t of the window of output pixel `pixel`, with `offset`
+// the tap's pixel in a sample's (H, W) raster, or -1 where the tap falls in the padding.
+template <typename Visit>
+inline void for_each_tap(const Problem& pb, int64_t pixel, const Visit& visit) {
+  const int64_t top = (pixel / pb.out_w) * pb.stride_h - pb.pad_h;
+  const int64_t left = (pixel % pb.out_w) * pb.stride_w - pb.pad_w;
+  int64_t t = 0;
+  for (int64_t ky = 0; ky < pb.kernel_h; ++ky) {
+    const int64_t y = top + ky * pb.dilation_h;
+    const bool row_inside = y >= 0 && y < pb.height;
+    for (int64_t kx = 0; kx < pb.kernel_w; ++kx, ++t) {
+      const int64_t x = left + kx * pb.dilation_w;
+      visit(t, row_inside && x >= 0 && x < pb.width ? y * pb.width + x : -1);
+    }
+  }
+}
+
+// A window of `block` channels, one value per (tap t, channel c): where value (t, c) sits in a
+// gathered row, tap-major or in the filter's channel-major order.
+template <bool kTapMajor>
+struct WindowOrder {
+  int64_t taps, block;
+  int64_t tap_step() const { return kTapMajor ? block : 1; }
+  int64_t channel_step() const { return kTapMajor ? 1 : taps; }
+};
+
+// Channels [first, first + block) of the window of `pixel` from a sample's channels-last rows
+// into `col` (taps * block values): zeros where a tap is in the padding.
+template <bool kTapMajor, typename acc_t>
+void gather_window(const Problem& pb, const acc_t* sample_rows, int64_t pixel, int64_t first,
+                   int64_t block, acc_t* col) {
+  const WindowOrder<kTapMajor> order{pb.taps(), block};
+  const int64_t channel_step = order.channel_step();
+  for_each_tap(pb, pixel, [&](int64_t t, int64_t offset) {
+    acc_t* dst = col + t * order.tap_step();
+    if (offset < 0) {
+      for (int64_t c = 0; c < block; ++c) {
+        dst[c * channel_step] = acc_t(0);
+      }
+      return;
+    }
+    const acc_t* src = sample_rows + offset * pb.channels + first;
+    for (int64_t c = 0; c < block; ++c) {
+      dst[c * channel_step] = src[c];
+    }
+  });
+}
+
+// The transpose of gather_window: adds `col` to the rows its window reads; taps in the padding
+// are dropped.
+template <bool kTapMajor, typename acc_t>
+void add_window(const Problem& pb, acc_t* sample_rows, int64_t pixel, int64_t first,
+                int64_t block, const acc_t* col) {
+  const WindowOrder<kTapMajor> order{pb.taps(), block};
+  const int64_t channel_step = order.channel_step();
+  for_each_tap(pb, pixel, [&](int64_t t, int64_t offset) {
+    if (offset < 0) {
+      return;
+    }
+    const acc_t* src = col + t * order.tap_step();
+    acc_t* dst = sample_rows + offset * pb.channels + first;
+    for (int64_t c = 0; c < block; ++c) {
+      dst[c] += src[c * channel_step];
+    }
+  });
+}
+
+// Calls visit(filter_index, matrix_index) for every value of channels [first, first + block)
+// of one (O, C, kh, kw) filter, matrix_index being its place in an (O, block * taps) matrix
+// whose columns are ordered like gathered windows.
+template <typename Visit>
+void for_each_filter_value(const Problem& pb, bool tap_major, int64_t first, int64_t block,
+                           const Visit& visit) {
+  const int64_t taps = pb.taps(), width = block * taps;
+  for (int64_t o = 0; o < pb.out_channels; ++o) {
+    for (int64_t c = 0; c < block; ++c) {
+      const int64_t filter_row = (o * pb.channels + first + c) * taps;
+      for (int64_t t = 0; t < taps; ++t) {
+        visit(filter_row + t, o * width + (tap_major ? t * block + c : c * taps + t));
+      }
+    }
+  }
+}
+
+template <bool kTapMajor, typename acc_t>
+void gather_tile(const Problem& pb, const acc_t* sample_rows, const int64_t* pixels, int64_t count,
+                 int64_t first, int64_t block, acc_t* cols) {
+  const int64_t width = block * pb.taps();
+  for (int64_t i = 0; i < count; ++i) {
+    gather_window<kTapMajor>(pb, sample_rows, pixels[i], first, block, cols + i * width);
+  }
+}
+
+template <bool kTapMajor, typename acc_t>
+void add_tile(const Problem& pb, acc_t* sample_rows, const int64_t* pixels, int64_t count,
+              int64_t first, int64_t block, const acc_t* grad_cols) {
+  const int64_t width = block * pb.taps();
+  for (int64_t i = 0; i < count; ++i) {
+    add_window<kTapMajor>(pb, sample_rows, pixels[i], first, block, grad_cols + i * width);
+  }
+}
+
+// Dispatches a tile function on the window order chosen at run time.
+#define DRCONV_BY_ORDER(tap_major, function, ...) \
+  ((tap_major) ? function<true>(__VA_ARGS__) : function<false>(__VA_ARGS__))
+
+// A (rows, cols) matrix over `data` with row stride `ld`, for at::mm.
+template <typename T>
+Tensor matrix(T* data, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<std::remove_const_t<T>*>(data), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<std::remove_const_t<T>>::value));
+}
+
+// The input as channels-last rows in the computation's dtype: the input itself where it is
+// channels-last already (its storage is then (B, H, W, C)), else one converting copy.
+Tensor channels_last_rows(const Tensor& input, at::ScalarType acc_type) {
+  return input.to(acc_type).contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+template <typename scalar_t>
+void forward_kernel(const Problem& pb, const Tensor& input, const Tensor& weight,
+                    const Groups& groups, const c10::optional<Tensor>& bias, Tensor& output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kConvert = !std::is_same<acc_t, scalar_t>::value;
+  const Tensor rows = channels_last_rows(input, c10::CppTypeToScalarType<acc_t>::value);
+  const acc_t* rows_data = rows.data_ptr<acc_t>();
+  const scalar_t* weight_data = weight.data_ptr<scalar_t>();
+  const int64_t window = pb.window(), out_channels = pb.out_channels;
+  const int64_t sample_values = pb.height * pb.width * pb.channels;
+
+  // Filters of the groups that need them converted or reordered, each made once.
+  std::vector<int64_t> filter_at(pb.groups(), -1), to_prepare;
+  for (int64_t g = 0; g < pb.groups(); ++g) {
+    if (groups.size(g) && (kConvert || pb.tap_major(groups.size(g)))) {
+      filter_at[g] = static_cast<int64_t>(to_prepare.size()) * out_channels * window;
+      to_prepare.push_back(g);
+    }
+  }
+  std::vector<acc_t> prepared(to_prepare.size() * out_channels * window);
+  run_tasks(static_cast<int64_t>(to_prepare.size()), [&] {
+    return [&](int64_t i) {
+      const int64_t g = to_prepare[i];
+      const scalar_t* filter = weight_data + g * out_channels * window;
+      acc_t* dst = prepared.data() + filter_at[g];
+      for_each_filter_value(pb, pb.tap_major(groups.size(g)), 0, pb.channels,
+                            [&](int64_t from, int64_t to) { dst[to] = acc_t(filter[from]); });
+    };
+  });
+
+  std::vector<acc_t> bias_values(out_channels, acc_t(0));
+  if (bias.has_value() && bias->defined()) {
+    const Tensor bias_acc = bias->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    std::copy_n(bias_acc.data_ptr<acc_t>(), out_channels, bias_values.begin());
+  }
+
+  const int64_t tile = tile_pixels(window);
+  std::vector<std::tuple<int64_t, int64_t, int64_t>> tiles;  // (group, first pixel, count)
+  for (int64_t g = 0; g < pb.groups(); ++g) {
+    for (int64_t i = groups.start[g]; i < groups.start[g + 1]; i += tile) {
+      tiles.emplace_back(g, i, std::min(tile, groups.start[g + 1] - i));
+    }
+  }
+  scalar_t* out = output.data_ptr<scalar_t>();
+  const int64_t stride_b = output.stride(0), stride_o = output.stride(1),
+                stride_y = output.stride(2), stride_x = output.stride(3);
+  run_tasks(static_cast<int64_t>(tiles.size()), [&] {
+    return [&, cols = std::vector<acc_t>(tile * window),
+            products = std::vector<acc_t>(tile * out_channels)](int64_t t) mutable {
+      int64_t g, first, count;
+      std::tie(g, first, count) = tiles[t];
+      const int64_t b = g / pb.regions;
+      const int64_t* pixels = groups.order.data() + first;
+      const bool tap_major = pb.tap_major(groups.size(g));
+      DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, pixels, count,
+                      0, pb.channels, cols.data());
+      const acc_t* filter = filter_at[g] >= 0
+                                ? prepared.data() + filter_at[g]
+                                : reinterpret_cast<const acc_t*>(weight_data) +
+                                      g * out_channels * window;
+      Tensor tile_products = matrix(products.data(), count, out_channels, out_channels);
+      at::mm_out(tile_products, matrix(cols.data(), count, window, window),
+                 matrix(filter, out_channels, window, window).t());
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t pixel = pixels[i];
+        scalar_t* dst = out + b * stride_b + (pixel / pb.out_w) * stride_y +
+                        (pixel % pb.out_w) * stride_x;
+        const acc_t* src = products.data() + i * out_channels;
+        for (int64_t o = 0; o < out_channels; ++o) {
+          dst[o * stride_o] = scalar_t(src[o] + bias_values[o]);
+        }
+      }
+    };
+  });
+}
+
+Tensor region_forward(const Tensor& input, const Tensor& weight, const Tensor& regions,
+                      const c10::optional<Tensor>& bias, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const Problem pb = make_problem(input, weight, regions, stride, padding, dilation);
+  Tensor output = at::empty({pb.batch, pb.out_channels, pb.out_h, pb.out_w},
+                            input.options().memory_format(conv_memory_format(input)));
+  if (output.numel() == 0) {
+    return output;
+  }
+  const Groups groups = sort_by_region(pb, regions);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
+                                  "drconv_region_forward", [&] {
+                                    forward_kernel<scalar_t>(pb, input, weight, groups, bias,
+                                                             output);
+                                  });
+  return output;
+}
+
+// Input and weight gradients. A task is (sample, block of input channels): it owns those
+// channels of the sample's input gradient and of its m filters' gradients, so no two tasks
+// write the same value. Overlapping windows (kernel larger than stride) add to the same input
+// rows, which within one task happens in order; tasks over pixels would race there, and
+// per-thread copies of the input gradient would cost a full-size buffer per thread. All tasks
+// have the same number of pixels, so they are evenly sized; channel blocks are cut finer where
+// the samples alone are too few for the threads.
+template <typename scalar_t>
+void backward_kernel(const Problem& pb, const Tensor& input, const Tensor& weight,
+                     const Groups& groups, const Tensor& grad_output_arg, Tensor* grad_rows,
+                     Tensor* grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kConvert = !std::is_same<acc_t, scalar_t>::value;
+  const Tensor rows = channels_last_rows(input, c10::CppTypeToScalarType<acc_t>::value);
+  const acc_t* rows_data = rows.data_ptr<acc_t>();
+  acc_t* grad_rows_data = grad_rows ? grad_rows->data_ptr<acc_t>() : nullptr;
+  scalar_t* grad_weight_data = grad_weight ? grad_weight->data_ptr<scalar_t>() : nullptr;
+  const scalar_t* weight_data = weight.data_ptr<scalar_t>();
+  const scalar_t* grad_out = grad_output_arg.data_ptr<scalar_t>();
+  const int64_t grad_stride_b = grad_output_arg.stride(0), grad_stride_o = grad_output_arg.stride(1),
+                grad_stride_y = grad_output_arg.stride(2), grad_stride_x = grad_output_arg.stride(3);
+  const int64_t taps = pb.taps(), window = pb.window(), out_channels = pb.out_channels;
+  const int64_t sample_values = pb.height * pb.width * pb.channels;
+
+  const int64_t max_blocks = std::max<int64_t>(1, pb.channels / kMinBlockChannels);
+  const int64_t wanted_blocks = (at::get_num_threads() + pb.batch - 1) / pb.batch;
+  const int64_t block = (pb.channels + std::min(max_blocks, wanted_blocks) - 1) /
+                        std::min(max_blocks, wanted_blocks);
+  const int64_t num_blocks = (pb.channels + block - 1) / block;
+  const int64_t block_width = block * taps;
+  const int64_t tile = tile_pixels(std::max(block_width, out_channels));
+
+  run_tasks(pb.batch * num_blocks, [&] {
+    return [&, cols = std::vector<acc_t>(tile * block_width),
+            grads = std::vector<acc_t>(tile * out_channels),
+            grad_cols = std::vector<acc_t>(grad_rows ? tile * block_width : 0),
+            filter_block = std::vector<acc_t>(out_channels * block_width),
+            grad_filter_block = std::vector<acc_t>(out_channels * block_width)](
+               int64_t task) mutable {
+      const int64_t b = task / num_blocks, first = (task % num_blocks) * block;
+      const int64_t channels = std::min(block, pb.channels - first), width = channels * taps;
+      for (int64_t r = 0; r < pb.regions; ++r) {
+        const int64_t g = b * pb.regions + r, count_all = groups.size(g);
+        if (count_all == 0) {
+          continue;
+        }
+        const bool tap_major = pb.tap_major(count_all);
+        // The filter block and its gradient: in place (channel-major columns of the filter,
+        // row stride `window`) unless converted or reordered.
+        const bool in_place = !kConvert && !tap_major;
+        const int64_t ld = in_place ? window : width;
+        const acc_t* filter = reinterpret_cast<const acc_t*>(weight_data) +
+                              g * out_channels * window + first * taps;
+        acc_t* grad_filter = reinterpret_cast<acc_t*>(grad_weight_data) +
+                             g * out_channels * window + first * taps;
+        if (!in_place) {
+          if (grad_rows) {
+            const scalar_t* source = weight_data + g * out_channels * window;
+            for_each_filter_value(pb, tap_major, first, channels, [&](int64_t from, int64_t to) {
+              filter_block[to] = acc_t(source[from]);
+            });
+          }
+          filter = filter_block.data();
+          std::fill_n(grad_filter_block.begin(), out_channels * width, acc_t(0));
+          grad_filter = grad_filter_block.data();
+        }
+        for (int64_t start = groups.start[g]; start < groups.start[g + 1]; start += tile) {
+          const int64_t count = std::min(tile, groups.start[g + 1] - start);
+          const int64_t* pixels = groups.order.data() + start;
+          for (int64_t i = 0; i < count; ++i) {
+            const int64_t pixel = pixels[i];
+            const scalar_t* src = grad_out + b * grad_stride_b +
+                                  (pixel / pb.out_w) * grad_stride_y +
+                                  (pixel % pb.out_w) * grad_stride_x;
+            for (int64_t o = 0; o < out_channels; ++o) {
+              grads[i * out_channels + o] = acc_t(src[o * grad_stride_o]);
+            }
+          }
+          const Tensor tile_grads = matrix(grads.data(), count, out_channels, out_channels);
+          if (grad_weight) {
+            DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, pixels,
+                            count, first, channels, cols.data());
+            matrix(grad_filter, out_channels, width, ld)
+                .addmm_(tile_grads.t(), matrix(cols.data(), count, width, width));
+          }
+          if (grad_rows) {
+            Tensor tile_grad_cols = matrix(grad_cols.data(), count, width, width);
+            at::mm_out(tile_grad_cols, tile_grads, matrix(filter, out_channels, width, ld));
+            DRCONV_BY_ORDER(tap_major, add_tile, pb, grad_rows_data + b * sample_values, pixels,
+                            count, first, channels, grad_cols.data());
+          }
+        }
+        if (grad_weight && !in_place) {
+          scalar_t* dst = grad_weight_data + g * out_channels * window;
+          for_each_filter_value(pb, tap_major, first, channels, [&](int64_t to, int64_t from) {
+            dst[to] = scalar_t(grad_filter_block[from]);
+          });
+        }
+      }
+    };
+  });
+}
+
+std::tuple<c10::optional<Tensor>, c10::optional<Tensor>> region_backward(
+    const Tensor& grad_output, const Tensor& input, const Tensor& weight, const Tensor& regions,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool need_input,
+    bool need_weight) {
+  const Problem pb = make_problem(input, weight, regions, stride, padding, dilation);
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == pb.batch &&
+                  grad_output.size(1) == pb.out_channels && grad_output.size(2) == pb.out_h &&
+                  grad_output.size(3) == pb.out_w && grad_output.scalar_type() ==
+                  input.scalar_type(),
+              "grad_output must be of shape (", pb.batch, ", ", pb.out_channels, ", ", pb.out_h,
+              ", ", pb.out_w, ") and dtype ", input.scalar_type(), ", but got ",
+              grad_output.sizes(), " and ", grad_output.scalar_type());
+  const at::ScalarType dtype = input.scalar_type();
+  const at::ScalarType acc_type = at::toOpMathType(dtype);
+  const at::MemoryFormat input_format = conv_memory_format(input);
+  // The input gradient is accumulated in channels-last rows of the computation's dtype: in the
+  // result itself where that is such a tensor.
+  const bool rows_are_result = acc_type == dtype && input_format == at::MemoryFormat::ChannelsLast;
+  Tensor grad_rows, grad_weight;
+  if (need_input) {
+    grad_rows = at::empty(input.sizes(), input.options().dtype(acc_type).memory_format(
+                                             at::MemoryFormat::ChannelsLast))
+                    .zero_();
+  }
+  if (need_weight) {
+    grad_weight = at::zeros(weight.sizes(), weight.options());
+  }
+  if ((need_input || need_weight) && grad_output.numel() > 0 && pb.channels > 0) {
+    const Groups groups = sort_by_region(pb, regions);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "drconv_region_backward", [&] {
+      backward_kernel<scalar_t>(pb, input, weight, groups, grad_output,
+                                need_input ? &grad_rows : nullptr,
+                                need_weight ? &grad_weight : nullptr);
+    });
+  }
+  c10::optional<Tensor> grad_input;
+  if (need_input) {
+    grad_input = rows_are_result ? grad_rows : grad_rows.to(dtype).contiguous(input_format);
+  }
+  c10::optional<Tensor> grad_weight_result;
+  if (need_weight) {
+    grad_weight_result = grad_weight;
+  }
+  return {grad_input, grad_weight_result};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(drconv_cpu, m) {
+  m.def("region_forward(Tensor input, Tensor weight, Tensor regions, Tensor? bias, int[] stride, "
+        "int[] padding, int[] dilation) -> Tensor");
+  m.def("region_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor regions, "
+        "int[] stride, int[] padding, int[] dilation, bool need_input, bool need_weight) "
+        "-> (Tensor?, Tensor?)");
+}
+
+TORCH_LIBRARY_IMPL(drconv_cpu, CPU, m) {
+  m.impl("region_forward", &region_forward);
+  m.impl("region_backward", &region_backward);
+}
+
+// The ops are registered when the library loads; the module only makes it importable.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}

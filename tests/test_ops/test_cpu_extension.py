@@ -1,0 +1,191 @@
+"""The compiled CPU kernels (drconv_mmdet/ops/csrc/region_products_cpu.cpp) against the PyTorch
+kernels, and how the op finds them. Their loop-definition tests are the 'cpu_extension' strategy
+of test_region_products.py."""
+import importlib
+import warnings
+from unittest import mock
+
+import pytest
+import torch
+
+from drconv_mmdet.ops import cpu_extension, dr_conv2d, region_products
+from test_region_products import NOT_BUILT, relative_error
+
+needs_extension = pytest.mark.skipif(not cpu_extension.AVAILABLE, reason=NOT_BUILT)
+
+# (batch, in channels, out channels, regions, map (H, W), kernel, stride, padding, dilation):
+# many regions on a tiny map (most groups empty or of one pixel), one region owning a map of
+# several tiles, groups larger and smaller than the filters' rows (the two window orders), and
+# 37 channels (two uneven channel blocks of the backward's tasks).
+SHAPES = [
+    (3, 6, 5, 16, (3, 4), (3, 3), (1, 1), (1, 1), (1, 1)),
+    (2, 3, 4, 1, (40, 30), (1, 1), (1, 1), (0, 0), (1, 1)),
+    (1, 37, 3, 2, (9, 11), (3, 2), (2, 1), (2, 0), (1, 3)),
+    (2, 8, 24, 3, (10, 12), (3, 3), (1, 1), (1, 1), (2, 2)),
+    (1, 37, 6, 4, (16, 8), (1, 1), (2, 2), (1, 0), (1, 1)),
+]
+
+
+def random_args(shape, dtype=torch.float32, seed=0):
+    batch, channels, out_channels, regions, size, kernel, stride, padding, dilation = shape
+    gen = torch.Generator().manual_seed(seed)
+    out_size = [(s + 2 * p - d * (k - 1) - 1) // st + 1
+                for s, k, st, p, d in zip(size, kernel, stride, padding, dilation)]
+    x = torch.randn(batch, channels, *size, generator=gen).to(dtype)
+    weight = (torch.randn(batch, regions, out_channels, channels, *kernel, generator=gen) /
+              (channels * kernel[0] * kernel[1])**0.5).to(dtype)
+    guide = torch.randn(batch, regions, *out_size, generator=gen).to(dtype)
+    bias = torch.randn(out_channels, generator=gen).to(dtype)
+    return (x, weight, guide, bias), (stride, padding, dilation)
+
+
+def output_and_grads(args, geo, use_extension, monkeypatch, grad_out=None):
+    monkeypatch.setattr(region_products, 'USE_CPU_EXTENSION', use_extension)
+    leaves = [t.detach().clone().requires_grad_() for t in args]
+    out = dr_conv2d(*leaves, *geo)
+    if grad_out is None:
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
+    return out, torch.autograd.grad(out, leaves, grad_out), grad_out
+
+
+@needs_extension
+@pytest.mark.parametrize('threads', [1, 3])
+@pytest.mark.parametrize('shape', SHAPES)
+def test_matches_pytorch_kernels(shape, threads, monkeypatch):
+    args, geo = random_args(shape)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # 3 threads for one sample: channel blocks
+    try:
+        got, got_grads, grad_out = output_and_grads(args, geo, True, monkeypatch)
+    finally:
+        torch.set_num_threads(old_threads)
+    want, want_grads, _ = output_and_grads(args, geo, False, monkeypatch, grad_out)
+    torch.testing.assert_close(got, want)
+    for name, g, w in zip(('input', 'weight', 'guide', 'bias'), got_grads, want_grads):
+        torch.testing.assert_close(g, w, msg=name)
+
+
+@needs_extension
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('shape', [SHAPES[2], SHAPES[3]])
+def test_half_matches_float32(shape, dtype, monkeypatch):
+    """Half types are computed in float32: results are float32's rounded, on every torch (2.1
+    has no float16 matrix product on CPU, which the kernels do not need)."""
+    args, geo = random_args(shape, dtype)
+    got, got_grads, grad_out = output_and_grads(args, geo, True, monkeypatch)
+    want, want_grads, _ = output_and_grads([t.float() for t in args], geo, True, monkeypatch,
+                                           grad_out.float())
+    assert got.dtype == dtype
+    assert relative_error(got, want) < 1e-2
+    for name, g, w in zip(('input', 'weight', 'guide', 'bias'), got_grads, want_grads):
+        assert g.dtype == dtype
+        assert relative_error(g, w) < 1e-2, name
+
+
+@needs_extension
+def test_only_needed_gradients():
+    (x, weight, guide, bias), geo = random_args(SHAPES[0], torch.float64)
+    regions = region_products._regions(guide)
+    grad_out = torch.randn(x.shape[0], weight.shape[2], *guide.shape[-2:], dtype=x.dtype)
+    both = cpu_extension.region_backward(grad_out, x, weight, regions, *map(list, geo), True,
+                                         True)
+    grad_input, grad_weight = cpu_extension.region_backward(grad_out, x, weight, regions,
+                                                            *map(list, geo), True, False)
+    assert grad_weight is None
+    torch.testing.assert_close(grad_input, both[0])
+    grad_input, grad_weight = cpu_extension.region_backward(grad_out, x, weight, regions,
+                                                            *map(list, geo), False, True)
+    assert grad_input is None
+    torch.testing.assert_close(grad_weight, both[1])
+
+
+@needs_extension
+def test_batch_zero():
+    x, weight = torch.randn(0, 3, 5, 4), torch.randn(0, 2, 4, 3, 3, 3)
+    regions = torch.zeros(0, 12, dtype=torch.long)
+    out = cpu_extension.region_forward(x, weight, regions, None, [1, 1], [0, 1], [1, 1])
+    assert out.shape == (0, 4, 3, 4)
+    grad_input, grad_weight = cpu_extension.region_backward(out, x, weight, regions, [1, 1],
+                                                            [0, 1], [1, 1], True, True)
+    assert grad_input.shape == x.shape and grad_weight.shape == weight.shape
+
+
+@needs_extension
+@pytest.mark.parametrize('change, message', [
+    (dict(regions=torch.full((1, 6), 2)), r'regions must lie in \[0, 2\), but sample 0 has 2'),
+    (dict(regions=torch.zeros(1, 5, dtype=torch.long)), 'regions must be an int64 tensor of shape'),
+    (dict(regions=torch.zeros(1, 6, dtype=torch.int32)), 'regions must be an int64 tensor'),
+    (dict(weight=torch.zeros(1, 2, 3, 4, 1, 2).transpose(2, 3)), 'weight must be contiguous'),
+    (dict(weight=torch.zeros(1, 2, 4, 3, 1, 2, dtype=torch.float64)),
+     'weight must have the dtype of input'),
+    (dict(weight=torch.zeros(1, 2, 4, 5, 1, 2)), r'weight must have shape \(B=1, m, O, C=3'),
+    (dict(stride=[1]), 'stride must hold 2 values'),
+    (dict(stride=[0, 1]), 'stride and dilation must be positive'),
+    (dict(x=torch.zeros(1, 3, 2)), 'input must be 4-D'),
+])
+def test_errors(change, message):
+    args = dict(x=torch.zeros(1, 3, 2, 4), weight=torch.zeros(1, 2, 4, 3, 1, 2),
+                regions=torch.zeros(1, 6, dtype=torch.long), stride=[1, 1])
+    args.update(change)
+    with pytest.raises(RuntimeError, match=message):
+        cpu_extension.region_forward(args['x'], args['weight'], args['regions'], None,
+                                     args['stride'], [0, 0], [1, 1])
+
+
+@needs_extension
+def test_the_flag_switches_the_kernels(monkeypatch):
+    args, geo = random_args(SHAPES[0])
+    for use_extension, calls in ((True, 1), (False, 0)):
+        monkeypatch.setattr(region_products, 'USE_CPU_EXTENSION', use_extension)
+        with mock.patch.object(cpu_extension, 'region_forward',
+                               wraps=cpu_extension.region_forward) as forward, \
+                mock.patch.object(cpu_extension, 'region_backward',
+                                  wraps=cpu_extension.region_backward) as backward:
+            leaves = [t.requires_grad_() for t in args]
+            dr_conv2d(*leaves, *geo).sum().backward()
+        assert (forward.call_count, backward.call_count) == (calls, calls)
+
+
+def test_module_name_carries_the_torch_version():
+    version = torch.__version__.split('+')[0]
+    assert cpu_extension.MODULE_NAME == 'drconv_mmdet._C_torch' + version.replace('.', '_')
+
+
+def load_with(monkeypatch, error, builds=()):
+    """Runs the loader with the import raising ``error`` and ``builds`` in the package."""
+
+    def import_module(name):
+        raise error
+
+    monkeypatch.setattr(importlib, 'import_module', import_module)
+    monkeypatch.setattr(cpu_extension.glob, 'glob', lambda pattern: list(builds))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        loaded = cpu_extension._load()
+    return loaded, [str(w.message) for w in caught]
+
+
+def test_missing_extension_is_quiet(monkeypatch):
+    error = ModuleNotFoundError('no module', name=cpu_extension.MODULE_NAME)
+    assert load_with(monkeypatch, error) == (False, [])
+
+
+def test_build_for_another_torch_warns(monkeypatch):
+    error = ModuleNotFoundError('no module', name=cpu_extension.MODULE_NAME)
+    loaded, messages = load_with(monkeypatch, error, ['/pkg/drconv_mmdet/_C_torch0_1_0.so'])
+    assert not loaded
+    assert len(messages) == 1
+    assert 'built for another torch (_C_torch0_1_0.so)' in messages[0]
+    assert 'Rebuild with `pip install --no-build-isolation --no-deps -e .`' in messages[0]
+
+
+@pytest.mark.parametrize('error', [
+    ImportError('undefined symbol: _ZN2at4mm'),
+    OSError('cannot open shared object file'),
+    ModuleNotFoundError('No module named libfoo', name='libfoo'),
+])
+def test_broken_extension_warns(monkeypatch, error):
+    loaded, messages = load_with(monkeypatch, error)
+    assert not loaded
+    assert messages == [f'the compiled DRConv CPU kernels ({cpu_extension.MODULE_NAME}) do not '
+                        f'load ({error}); the op runs its PyTorch kernels on CPU']
