@@ -212,21 +212,6 @@ def test_half_gradients_match_float32(dtype, band_values, key_order, monkeypatch
         assert relative_error(g_half, g32) < 1e-2, name
 
 
-@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
-def test_cuda_matches_cpu(layout):
-    if not torch.cuda.is_available():
-        pytest.skip('needs a CUDA device')
-    x, weight, guide, bias, *geo = skewed_args(3, GEOMETRIES[4])
-    cpu = [t.requires_grad_() for t in (x, weight, guide, bias)]
-    cuda = [t.detach().cuda().requires_grad_() for t in cpu]
-    out_cpu = dr_conv2d(LAYOUTS[layout](cpu[0]), *cpu[1:], *geo)
-    out_cuda = dr_conv2d(LAYOUTS[layout](cuda[0]), *cuda[1:], *geo)
-    torch.testing.assert_close(out_cuda.cpu(), out_cpu)
-    grad_out = torch.randn_like(out_cpu)
-    for g_cuda, g_cpu in zip(grads(out_cuda, cuda, grad_out.cuda()), grads(out_cpu, cpu, grad_out)):
-        torch.testing.assert_close(g_cuda.cpu(), g_cpu)
-
-
 def test_padding_follows_the_call_cost(monkeypatch):
     regions = torch.tensor([[0, 0, 0, 1], [1, 1, 0, 2]])  # groups of 3, 1, 0 and 1, 2, 1 pixels
     monkeypatch.setitem(region_products.PRODUCT_CALL_MACS, 'cpu', 0)
