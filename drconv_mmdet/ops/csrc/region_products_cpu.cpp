@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -53,8 +54,11 @@ struct Problem {
   int64_t window() const { return channels * taps(); }
   int64_t out_pixels() const { return out_h * out_w; }
   int64_t groups() const { return batch * regions; }
-  // Whether a group of `pixels` pixels gathers tap-major (see the top of this file).
-  bool tap_major(int64_t pixels) const { return taps() > 1 && pixels > out_channels; }
+  // Whether a group of `pixels` pixels gathers tap-major (see the top of this file); with one
+  // tap both orders are the same, and tap-major's copies are contiguous.
+  bool tap_major(int64_t pixels) const { return taps() == 1 || pixels > out_channels; }
+  // Whether a group's filter is reordered to gather tap-major.
+  bool reorders_filter(int64_t pixels) const { return taps() > 1 && pixels > out_channels; }
 };
 
 std::pair<int64_t, int64_t> as_pair(at::IntArrayRef values, const char* name) {
@@ -244,16 +248,23 @@ void add_window(const Problem& pb, acc_t* sample_rows, int64_t pixel, int64_t fi
 
 // Calls visit(filter_index, matrix_index) for every value of channels [first, first + block)
 // of one (O, C, kh, kw) filter, matrix_index being its place in an (O, block * taps) matrix
-// whose columns are ordered like gathered windows.
-template <typename Visit>
-void for_each_filter_value(const Problem& pb, bool tap_major, int64_t first, int64_t block,
-                           const Visit& visit) {
-  const int64_t taps = pb.taps(), width = block * taps;
+// whose columns are ordered like gathered windows; in the matrix's order, so that a copy into
+// the matrix writes contiguously.
+template <bool kTapMajor, typename Visit>
+void for_each_filter_value(const Problem& pb, int64_t first, int64_t block, const Visit& visit) {
+  const int64_t taps = pb.taps();
+  int64_t index = 0;
   for (int64_t o = 0; o < pb.out_channels; ++o) {
-    for (int64_t c = 0; c < block; ++c) {
-      const int64_t filter_row = (o * pb.channels + first + c) * taps;
+    const int64_t row = (o * pb.channels + first) * taps;
+    if (kTapMajor) {
       for (int64_t t = 0; t < taps; ++t) {
-        visit(filter_row + t, o * width + (tap_major ? t * block + c : c * taps + t));
+        for (int64_t c = 0; c < block; ++c) {
+          visit(row + c * taps + t, index++);
+        }
+      }
+    } else {
+      for (int64_t i = 0; i < block * taps; ++i) {
+        visit(row + i, index++);
       }
     }
   }
@@ -284,8 +295,9 @@ void add_tile(const Problem& pb, acc_t* sample_rows, const int64_t* pixels, int6
 // A (rows, cols) matrix over `data` with row stride `ld`, for at::mm.
 template <typename T>
 Tensor matrix(T* data, int64_t rows, int64_t cols, int64_t ld) {
-  return at::from_blob(const_cast<std::remove_const_t<T>*>(data), {rows, cols}, {ld, 1},
-                       at::TensorOptions().dtype(c10::CppTypeToScalarType<std::remove_const_t<T>>::value));
+  using value_t = std::remove_const_t<T>;
+  return at::from_blob(const_cast<value_t*>(data), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<value_t>::value));
 }
 
 // The input as channels-last rows in the computation's dtype: the input itself where it is
@@ -305,65 +317,74 @@ void forward_kernel(const Problem& pb, const Tensor& input, const Tensor& weight
   const int64_t window = pb.window(), out_channels = pb.out_channels;
   const int64_t sample_values = pb.height * pb.width * pb.channels;
 
-  // Filters of the groups that need them converted or reordered, each made once.
-  std::vector<int64_t> filter_at(pb.groups(), -1), to_prepare;
-  for (int64_t g = 0; g < pb.groups(); ++g) {
-    if (groups.size(g) && (kConvert || pb.tap_major(groups.size(g)))) {
-      filter_at[g] = static_cast<int64_t>(to_prepare.size()) * out_channels * window;
-      to_prepare.push_back(g);
-    }
-  }
-  std::vector<acc_t> prepared(to_prepare.size() * out_channels * window);
-  run_tasks(static_cast<int64_t>(to_prepare.size()), [&] {
-    return [&](int64_t i) {
-      const int64_t g = to_prepare[i];
-      const scalar_t* filter = weight_data + g * out_channels * window;
-      acc_t* dst = prepared.data() + filter_at[g];
-      for_each_filter_value(pb, pb.tap_major(groups.size(g)), 0, pb.channels,
-                            [&](int64_t from, int64_t to) { dst[to] = acc_t(filter[from]); });
-    };
-  });
-
   std::vector<acc_t> bias_values(out_channels, acc_t(0));
   if (bias.has_value() && bias->defined()) {
     const Tensor bias_acc = bias->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     std::copy_n(bias_acc.data_ptr<acc_t>(), out_channels, bias_values.begin());
   }
 
+  // A task is a run of one group's pixels: at most a share of the call that leaves every
+  // thread several tasks, so that the largest groups are split, and tiles of the same filter
+  // otherwise, so that a converted or reordered filter is made once per task. Largest first,
+  // so that the small ones fill the gaps at the end.
   const int64_t tile = tile_pixels(window);
-  std::vector<std::tuple<int64_t, int64_t, int64_t>> tiles;  // (group, first pixel, count)
+  const int64_t share = pb.batch * pb.out_pixels() / (4 * at::get_num_threads()) + 1;
+  const int64_t run = std::max(tile, (share + tile - 1) / tile * tile);
+  std::vector<std::tuple<int64_t, int64_t, int64_t>> tasks;  // (count, group, first pixel)
   for (int64_t g = 0; g < pb.groups(); ++g) {
-    for (int64_t i = groups.start[g]; i < groups.start[g + 1]; i += tile) {
-      tiles.emplace_back(g, i, std::min(tile, groups.start[g + 1] - i));
+    for (int64_t i = groups.start[g]; i < groups.start[g + 1]; i += run) {
+      tasks.emplace_back(std::min(run, groups.start[g + 1] - i), g, i);
     }
   }
+  std::sort(tasks.begin(), tasks.end(), std::greater<>());
+  // The output is (B, O, Ho, Wo) contiguous or channels-last, i.e. (B, Ho * Wo, O).
   scalar_t* out = output.data_ptr<scalar_t>();
-  const int64_t stride_b = output.stride(0), stride_o = output.stride(1),
-                stride_y = output.stride(2), stride_x = output.stride(3);
-  run_tasks(static_cast<int64_t>(tiles.size()), [&] {
+  const bool channels_last = !output.is_contiguous();
+  const int64_t stride_b = output.stride(0);
+  run_tasks(static_cast<int64_t>(tasks.size()), [&] {
     return [&, cols = std::vector<acc_t>(tile * window),
-            products = std::vector<acc_t>(tile * out_channels)](int64_t t) mutable {
-      int64_t g, first, count;
-      std::tie(g, first, count) = tiles[t];
+            products = std::vector<acc_t>(tile * out_channels),
+            prepared = std::vector<acc_t>(out_channels * window)](int64_t task) mutable {
+      int64_t run_count, g, run_first;
+      std::tie(run_count, g, run_first) = tasks[task];
       const int64_t b = g / pb.regions;
-      const int64_t* pixels = groups.order.data() + first;
       const bool tap_major = pb.tap_major(groups.size(g));
-      DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, pixels, count,
-                      0, pb.channels, cols.data());
-      const acc_t* filter = filter_at[g] >= 0
-                                ? prepared.data() + filter_at[g]
-                                : reinterpret_cast<const acc_t*>(weight_data) +
-                                      g * out_channels * window;
-      Tensor tile_products = matrix(products.data(), count, out_channels, out_channels);
-      at::mm_out(tile_products, matrix(cols.data(), count, window, window),
-                 matrix(filter, out_channels, window, window).t());
-      for (int64_t i = 0; i < count; ++i) {
-        const int64_t pixel = pixels[i];
-        scalar_t* dst = out + b * stride_b + (pixel / pb.out_w) * stride_y +
-                        (pixel % pb.out_w) * stride_x;
-        const acc_t* src = products.data() + i * out_channels;
-        for (int64_t o = 0; o < out_channels; ++o) {
-          dst[o * stride_o] = scalar_t(src[o] + bias_values[o]);
+      const scalar_t* source = weight_data + g * out_channels * window;
+      const acc_t* filter = reinterpret_cast<const acc_t*>(source);
+      if (kConvert || pb.reorders_filter(groups.size(g))) {
+        const auto copy = [&](int64_t from, int64_t to) { prepared[to] = acc_t(source[from]); };
+        DRCONV_BY_ORDER(tap_major, for_each_filter_value, pb, 0, pb.channels, copy);
+        filter = prepared.data();
+      }
+      for (int64_t first = run_first; first < run_first + run_count; first += tile) {
+        const int64_t count = std::min(tile, run_first + run_count - first);
+        const int64_t* pixels = groups.order.data() + first;
+        DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, pixels, count,
+                        0, pb.channels, cols.data());
+        const Tensor tile_cols = matrix(cols.data(), count, window, window);
+        const Tensor tile_filter = matrix(filter, out_channels, window, window);
+        if (channels_last) {
+          // (pixels, O): each pixel's channels go to one contiguous output row.
+          Tensor tile_products = matrix(products.data(), count, out_channels, out_channels);
+          at::mm_out(tile_products, tile_cols, tile_filter.t());
+          for (int64_t i = 0; i < count; ++i) {
+            scalar_t* dst = out + b * stride_b + pixels[i] * out_channels;
+            const acc_t* src = products.data() + i * out_channels;
+            for (int64_t o = 0; o < out_channels; ++o) {
+              dst[o] = scalar_t(src[o] + bias_values[o]);
+            }
+          }
+        } else {
+          // (O, pixels): each output channel's plane gets its pixels in raster order.
+          Tensor tile_products = matrix(products.data(), out_channels, count, count);
+          at::mm_out(tile_products, tile_filter, tile_cols.t());
+          for (int64_t o = 0; o < out_channels; ++o) {
+            scalar_t* dst = out + b * stride_b + o * pb.out_pixels();
+            const acc_t* src = products.data() + o * count;
+            for (int64_t i = 0; i < count; ++i) {
+              dst[pixels[i]] = scalar_t(src[i] + bias_values[o]);
+            }
+          }
         }
       }
     };
@@ -397,25 +418,24 @@ Tensor region_forward(const Tensor& input, const Tensor& weight, const Tensor& r
 // the samples alone are too few for the threads.
 template <typename scalar_t>
 void backward_kernel(const Problem& pb, const Tensor& input, const Tensor& weight,
-                     const Groups& groups, const Tensor& grad_output_arg, Tensor* grad_rows,
+                     const Groups& groups, const Tensor& grad_output, Tensor* grad_rows,
                      Tensor* grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kConvert = !std::is_same<acc_t, scalar_t>::value;
-  const Tensor rows = channels_last_rows(input, c10::CppTypeToScalarType<acc_t>::value);
+  constexpr at::ScalarType kAccType = c10::CppTypeToScalarType<acc_t>::value;
+  const Tensor rows = channels_last_rows(input, kAccType);
+  const Tensor grad_output_rows = channels_last_rows(grad_output, kAccType);
   const acc_t* rows_data = rows.data_ptr<acc_t>();
+  const acc_t* grad_out = grad_output_rows.data_ptr<acc_t>();
   acc_t* grad_rows_data = grad_rows ? grad_rows->data_ptr<acc_t>() : nullptr;
   scalar_t* grad_weight_data = grad_weight ? grad_weight->data_ptr<scalar_t>() : nullptr;
   const scalar_t* weight_data = weight.data_ptr<scalar_t>();
-  const scalar_t* grad_out = grad_output_arg.data_ptr<scalar_t>();
-  const int64_t grad_stride_b = grad_output_arg.stride(0), grad_stride_o = grad_output_arg.stride(1),
-                grad_stride_y = grad_output_arg.stride(2), grad_stride_x = grad_output_arg.stride(3);
   const int64_t taps = pb.taps(), window = pb.window(), out_channels = pb.out_channels;
   const int64_t sample_values = pb.height * pb.width * pb.channels;
 
-  const int64_t max_blocks = std::max<int64_t>(1, pb.channels / kMinBlockChannels);
-  const int64_t wanted_blocks = (at::get_num_threads() + pb.batch - 1) / pb.batch;
-  const int64_t block = (pb.channels + std::min(max_blocks, wanted_blocks) - 1) /
-                        std::min(max_blocks, wanted_blocks);
+  const int64_t blocks_wanted = std::min(std::max<int64_t>(1, pb.channels / kMinBlockChannels),
+                                         (at::get_num_threads() + pb.batch - 1) / pb.batch);
+  const int64_t block = (pb.channels + blocks_wanted - 1) / blocks_wanted;
   const int64_t num_blocks = (pb.channels + block - 1) / block;
   const int64_t block_width = block * taps;
   const int64_t tile = tile_pixels(std::max(block_width, out_channels));
@@ -431,47 +451,50 @@ void backward_kernel(const Problem& pb, const Tensor& input, const Tensor& weigh
       const int64_t channels = std::min(block, pb.channels - first), width = channels * taps;
       for (int64_t r = 0; r < pb.regions; ++r) {
         const int64_t g = b * pb.regions + r, count_all = groups.size(g);
+        const scalar_t* filter_source = weight_data + g * out_channels * window;
+        scalar_t* grad_filter_dest = grad_weight_data + g * out_channels * window;
         if (count_all == 0) {
+          if (grad_weight) {  // a region without pixels has a zero gradient
+            for (int64_t o = 0; o < out_channels; ++o) {
+              std::fill_n(grad_filter_dest + o * window + first * taps, width, scalar_t(0));
+            }
+          }
           continue;
         }
         const bool tap_major = pb.tap_major(count_all);
         // The filter block and its gradient: in place (channel-major columns of the filter,
         // row stride `window`) unless converted or reordered.
-        const bool in_place = !kConvert && !tap_major;
+        const bool in_place = !kConvert && !pb.reorders_filter(count_all);
         const int64_t ld = in_place ? window : width;
-        const acc_t* filter = reinterpret_cast<const acc_t*>(weight_data) +
-                              g * out_channels * window + first * taps;
-        acc_t* grad_filter = reinterpret_cast<acc_t*>(grad_weight_data) +
-                             g * out_channels * window + first * taps;
-        if (!in_place) {
-          if (grad_rows) {
-            const scalar_t* source = weight_data + g * out_channels * window;
-            for_each_filter_value(pb, tap_major, first, channels, [&](int64_t from, int64_t to) {
-              filter_block[to] = acc_t(source[from]);
-            });
-          }
-          filter = filter_block.data();
-          std::fill_n(grad_filter_block.begin(), out_channels * width, acc_t(0));
-          grad_filter = grad_filter_block.data();
+        const acc_t* filter = in_place
+                                  ? reinterpret_cast<const acc_t*>(filter_source) + first * taps
+                                  : filter_block.data();
+        acc_t* grad_filter = in_place ? reinterpret_cast<acc_t*>(grad_filter_dest) + first * taps
+                                      : grad_filter_block.data();
+        if (!in_place && grad_rows) {
+          const auto copy = [&](int64_t from, int64_t to) {
+            filter_block[to] = acc_t(filter_source[from]);
+          };
+          DRCONV_BY_ORDER(tap_major, for_each_filter_value, pb, first, channels, copy);
         }
         for (int64_t start = groups.start[g]; start < groups.start[g + 1]; start += tile) {
           const int64_t count = std::min(tile, groups.start[g + 1] - start);
           const int64_t* pixels = groups.order.data() + start;
           for (int64_t i = 0; i < count; ++i) {
-            const int64_t pixel = pixels[i];
-            const scalar_t* src = grad_out + b * grad_stride_b +
-                                  (pixel / pb.out_w) * grad_stride_y +
-                                  (pixel % pb.out_w) * grad_stride_x;
-            for (int64_t o = 0; o < out_channels; ++o) {
-              grads[i * out_channels + o] = acc_t(src[o * grad_stride_o]);
-            }
+            std::copy_n(grad_out + (b * pb.out_pixels() + pixels[i]) * out_channels, out_channels,
+                        grads.data() + i * out_channels);
           }
           const Tensor tile_grads = matrix(grads.data(), count, out_channels, out_channels);
           if (grad_weight) {
             DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, pixels,
                             count, first, channels, cols.data());
-            matrix(grad_filter, out_channels, width, ld)
-                .addmm_(tile_grads.t(), matrix(cols.data(), count, width, width));
+            Tensor tile_grad_filter = matrix(grad_filter, out_channels, width, ld);
+            const Tensor tile_cols = matrix(cols.data(), count, width, width);
+            if (start == groups.start[g]) {
+              at::mm_out(tile_grad_filter, tile_grads.t(), tile_cols);
+            } else {
+              tile_grad_filter.addmm_(tile_grads.t(), tile_cols);
+            }
           }
           if (grad_rows) {
             Tensor tile_grad_cols = matrix(grad_cols.data(), count, width, width);
@@ -481,10 +504,10 @@ void backward_kernel(const Problem& pb, const Tensor& input, const Tensor& weigh
           }
         }
         if (grad_weight && !in_place) {
-          scalar_t* dst = grad_weight_data + g * out_channels * window;
-          for_each_filter_value(pb, tap_major, first, channels, [&](int64_t to, int64_t from) {
-            dst[to] = scalar_t(grad_filter_block[from]);
-          });
+          const auto store = [&](int64_t to, int64_t from) {
+            grad_filter_dest[to] = scalar_t(grad_filter_block[from]);
+          };
+          DRCONV_BY_ORDER(tap_major, for_each_filter_value, pb, first, channels, store);
         }
       }
     };
@@ -516,7 +539,8 @@ std::tuple<c10::optional<Tensor>, c10::optional<Tensor>> region_backward(
                     .zero_();
   }
   if (need_weight) {
-    grad_weight = at::zeros(weight.sizes(), weight.options());
+    // Every value is written: products of a region's pixels, zeros for a region without any.
+    grad_weight = at::empty(weight.sizes(), weight.options());
   }
   if ((need_input || need_weight) && grad_output.numel() > 0 && pb.channels > 0) {
     const Groups groups = sort_by_region(pb, regions);
