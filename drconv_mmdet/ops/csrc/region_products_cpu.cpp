@@ -37,7 +37,7 @@ using at::Tensor;
 // Values of one tile's gathered windows (or of its output-channel gradients, if wider): small
 // enough that a tile stays in a core's L2 cache from its gather to its products, large enough
 // that a product is not dominated by the fixed cost of a call.
-constexpr int64_t kTileValues = 1 << 15;
+constexpr int64_t kTileValues = 1 << 16;
 constexpr int64_t kMinTilePixels = 8;
 constexpr int64_t kMaxTilePixels = 512;
 // The backward pass is cut into (sample, channel block) tasks; a block has at least this many
