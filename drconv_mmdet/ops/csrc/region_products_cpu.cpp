@@ -36,9 +36,11 @@ using at::Tensor;
 
 // Values of one tile's gathered windows (or of its output-channel gradients, if wider): small
 // enough that a tile stays in a core's L2 cache from its gather to its products, large enough
-// that a product is not dominated by the fixed cost of a call.
+// that a product is not dominated by the fixed cost of a call. A tile has at least
+// kMinTilePixels pixels all the same: every product call streams (and the BLAS packs) the whole
+// filter, or reads and writes the whole filter gradient, which a few pixels cannot amortize.
 constexpr int64_t kTileValues = 1 << 16;
-constexpr int64_t kMinTilePixels = 8;
+constexpr int64_t kMinTilePixels = 128;
 constexpr int64_t kMaxTilePixels = 512;
 // The backward pass is cut into (sample, channel block) tasks; a block has at least this many
 // input channels, so that its products stay wide enough to be efficient.
