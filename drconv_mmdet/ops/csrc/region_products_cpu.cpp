@@ -339,10 +339,9 @@ void forward_kernel(const Problem& pb, const Tensor& input, const Tensor& weight
     }
   }
   std::sort(tasks.begin(), tasks.end(), std::greater<>());
-  // The output is (B, O, Ho, Wo) contiguous or channels-last, i.e. (B, Ho * Wo, O).
+  // The output is channels-last: (B, Ho * Wo, O).
   scalar_t* out = output.data_ptr<scalar_t>();
-  const bool channels_last = !output.is_contiguous();
-  const int64_t stride_b = output.stride(0);
+  const int64_t stride_b = pb.out_pixels() * out_channels;
   run_tasks(static_cast<int64_t>(tasks.size()), [&] {
     return [&, cols = std::vector<acc_t>(tile * window),
             products = std::vector<acc_t>(tile * out_channels),
@@ -363,29 +362,14 @@ void forward_kernel(const Problem& pb, const Tensor& input, const Tensor& weight
         const int64_t* pixels = groups.order.data() + first;
         DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, pixels, count,
                         0, pb.channels, cols.data());
-        const Tensor tile_cols = matrix(cols.data(), count, window, window);
-        const Tensor tile_filter = matrix(filter, out_channels, window, window);
-        if (channels_last) {
-          // (pixels, O): each pixel's channels go to one contiguous output row.
-          Tensor tile_products = matrix(products.data(), count, out_channels, out_channels);
-          at::mm_out(tile_products, tile_cols, tile_filter.t());
-          for (int64_t i = 0; i < count; ++i) {
-            scalar_t* dst = out + b * stride_b + pixels[i] * out_channels;
-            const acc_t* src = products.data() + i * out_channels;
-            for (int64_t o = 0; o < out_channels; ++o) {
-              dst[o] = scalar_t(src[o] + bias_values[o]);
-            }
-          }
-        } else {
-          // (O, pixels): each output channel's plane gets its pixels in raster order.
-          Tensor tile_products = matrix(products.data(), out_channels, count, count);
-          at::mm_out(tile_products, tile_filter, tile_cols.t());
+        Tensor tile_products = matrix(products.data(), count, out_channels, out_channels);
+        at::mm_out(tile_products, matrix(cols.data(), count, window, window),
+                   matrix(filter, out_channels, window, window).t());
+        for (int64_t i = 0; i < count; ++i) {
+          scalar_t* dst = out + b * stride_b + pixels[i] * out_channels;
+          const acc_t* src = products.data() + i * out_channels;
           for (int64_t o = 0; o < out_channels; ++o) {
-            scalar_t* dst = out + b * stride_b + o * pb.out_pixels();
-            const acc_t* src = products.data() + o * count;
-            for (int64_t i = 0; i < count; ++i) {
-              dst[pixels[i]] = scalar_t(src[i] + bias_values[o]);
-            }
+            dst[o] = scalar_t(src[o] + bias_values[o]);
           }
         }
       }
@@ -397,10 +381,13 @@ Tensor region_forward(const Tensor& input, const Tensor& weight, const Tensor& r
                       const c10::optional<Tensor>& bias, at::IntArrayRef stride,
                       at::IntArrayRef padding, at::IntArrayRef dilation) {
   const Problem pb = make_problem(input, weight, regions, stride, padding, dilation);
+  // Results go to their pixels in channels-last rows, one contiguous row per pixel: a pixel's
+  // values in O planes would be O scattered writes, each to a cache line that the other
+  // regions' pixels write again. NCHW results are one sequential transposition of those rows.
   Tensor output = at::empty({pb.batch, pb.out_channels, pb.out_h, pb.out_w},
-                            input.options().memory_format(conv_memory_format(input)));
+                            input.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (output.numel() == 0) {
-    return output;
+    return output.contiguous(conv_memory_format(input));
   }
   const Groups groups = sort_by_region(pb, regions);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
@@ -408,7 +395,7 @@ Tensor region_forward(const Tensor& input, const Tensor& weight, const Tensor& r
                                     forward_kernel<scalar_t>(pb, input, weight, groups, bias,
                                                              output);
                                   });
-  return output;
+  return output.contiguous(conv_memory_format(input));
 }
 
 // Input and weight gradients. A task is (sample, block of input channels): it owns those
