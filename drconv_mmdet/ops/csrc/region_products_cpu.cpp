@@ -4,15 +4,15 @@
 // of every sample are sorted by region (a counting sort). Work is cut into tasks that each
 // gather a tile of windows into a small buffer, multiply it with one region's filter
 // (at::mm, which inside a parallel region runs on the calling thread) and write the results
-// straight to their pixels, so that windows never exist for the whole map at once and every
-// tile's data is still in cache when the product reads it.
+// straight to their pixels' channels-last rows, so that windows never exist for the whole map
+// at once and every tile's data is still in cache when the product reads it.
 //
 // Windows are read from the input in channels-last rows (one pixel's C channels contiguous);
 // taps outside the input read zeros, so no padded copy of the input is made. A window is
 // gathered either in the filter's own order (channel-major: c * taps + t), which lets the
 // filter be used where it is, or tap-major (t * C + c), which copies whole channel rows but
-// needs the filter reordered once per group: tap-major pays where a group has more pixels than
-// its filter has rows.
+// needs the filter reordered once per task: tap-major pays where a group has more pixels than
+// its filter has rows (with one tap both orders are the same).
 //
 // Half types (float16, bfloat16) are computed in float32: windows and filters are converted
 // when they are gathered, and every sum (over channels, taps, tiles and overlapping windows) is
@@ -302,10 +302,10 @@ Tensor matrix(T* data, int64_t rows, int64_t cols, int64_t ld) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<value_t>::value));
 }
 
-// The input as channels-last rows in the computation's dtype: the input itself where it is
-// channels-last already (its storage is then (B, H, W, C)), else one converting copy.
-Tensor channels_last_rows(const Tensor& input, at::ScalarType acc_type) {
-  return input.to(acc_type).contiguous(at::MemoryFormat::ChannelsLast);
+// A (B, C, H, W) tensor as channels-last rows in the computation's dtype: the tensor itself
+// where it is that already (its storage is then (B, H, W, C)), else one converting copy.
+Tensor channels_last_rows(const Tensor& tensor, at::ScalarType acc_type) {
+  return tensor.to(acc_type).contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 template <typename scalar_t>
