@@ -55,3 +55,16 @@ def test_cuda_without_a_device(tool, monkeypatch):
     with pytest.raises(ValueError, match=r'--device cuda needs a CUDA device, but '
                        r'torch.cuda.is_available\(\) is False'):
         tool['parse_args'](['--device', 'cuda'])
+
+
+def test_pytorch_kernels_switch(tool, capsys, monkeypatch):
+    from drconv_mmdet.ops import cpu_extension, region_products
+
+    # The tool switches the module flag for the process; monkeypatch restores it after the test.
+    monkeypatch.setattr(region_products, 'USE_CPU_EXTENSION', True)
+    tool['main'](TINY + ['--parts', 'op'])
+    default = 'compiled' if cpu_extension.AVAILABLE else 'PyTorch'
+    assert f'{default} CPU kernels' in capsys.readouterr().out
+    tool['main'](TINY + ['--parts', 'op', '--pytorch-kernels'])
+    assert 'PyTorch CPU kernels' in capsys.readouterr().out
+    assert region_products.USE_CPU_EXTENSION is False

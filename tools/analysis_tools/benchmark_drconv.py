@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from drconv_mmdet.nn import DRConv2d
-from drconv_mmdet.ops import dr_conv2d, dr_conv2d_reference
+from drconv_mmdet.ops import cpu_extension, dr_conv2d, dr_conv2d_reference, region_products
 
 DETNAS_CONFIGS = {
     'plain': 'configs/detnas/faster-rcnn_detnas-300m_fpn-4conv1fc_90k_coco.py',
@@ -93,6 +93,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='run every case under torch.autocast in this dtype, as training '
                         'with --amp does (default: float32)')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--pytorch-kernels', action='store_true',
+                        help='run the op\'s PyTorch kernels on CPU even where its compiled CPU '
+                        'kernels are built')
     parser.add_argument('--timer', default='wall', choices=['wall', 'cpu'],
                         help='wall clock, or the process\'s CPU time: with --threads 1 on a '
                         'machine shared with other jobs, CPU time leaves out the time the process '
@@ -300,6 +303,8 @@ def measure_memory(part: str, case: Case, name: str, args: argparse.Namespace) -
                args.device]
     if args.threads:
         command += ['--threads', str(args.threads)]
+    if args.pytorch_kernels:
+        command.append('--pytorch-kernels')
     if args.amp:
         command += ['--amp', args.amp]
     result = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -338,6 +343,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.pytorch_kernels:
+        region_products.USE_CPU_EXTENSION = False
     if args.memory_case:
         spec = json.loads(args.memory_case)
         case = Case(**{**spec['case'], 'size': tuple(spec['case']['size'])})
@@ -372,9 +379,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         lines = table_header(part, list(rows[0]['times']), args.memory)
         lines += [table_row(row, args.memory) for row in rows]
         tables.append(f'### {part}\n\n' + '\n'.join(lines))
-    device = (torch.cuda.get_device_name() if args.device == 'cuda' else
-              f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
-              f'{torch.get_num_threads()} threads')
+    if args.device == 'cuda':
+        device = torch.cuda.get_device_name()
+    else:
+        compiled = cpu_extension.AVAILABLE and region_products.USE_CPU_EXTENSION
+        device = (f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
+                  f'{torch.get_num_threads()} threads, '
+                  f'{"compiled" if compiled else "PyTorch"} CPU kernels')
     text = (f'{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {device}, torch '
             f'{torch.__version__}, {args.timer} time, '
             f'{"autocast " + args.amp if args.amp else "float32"}\n\n' + '\n\n'.join(tables))
