@@ -433,7 +433,8 @@ def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Opti
                         geo: Geometry) -> Tensor:
     """Forward of :func:`drconv_mmdet.ops.dr_conv2d` on validated arguments of one dtype."""
     if _runs_cpu_extension(input):
-        return cpu_extension.region_forward(input, weight.contiguous(), _regions(guide), bias,
+        # The kernels take the argmax of the guide themselves.
+        return cpu_extension.region_forward(input, weight.contiguous(), guide, bias,
                                             *_geometry_lists(geo))
     batch, num_regions, out_channels, channels = weight.shape[:4]
     memory_format = conv_memory_format(input)
@@ -543,7 +544,7 @@ def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, gui
     acc_dtype = _accumulation_dtype(dtype)
     if (need_input or need_weight) and _runs_cpu_extension(input):
         grad_input, grad_weight = cpu_extension.region_backward(
-            grad_output, input, weight.contiguous(), _regions(guide), *_geometry_lists(geo),
+            grad_output, input, weight.contiguous(), guide, *_geometry_lists(geo),
             need_input, need_weight)
     elif need_input or need_weight:
         grad_input, grad_weight = _region_input_weight_grads(grad_output, input, weight, guide,

@@ -7,8 +7,16 @@
 // straight to their pixels' channels-last rows, so that windows never exist for the whole map
 // at once and every tile's data is still in cache when the product reads it.
 //
-// Windows are read from the input in channels-last rows (one pixel's C channels contiguous);
-// taps outside the input read zeros, so no padded copy of the input is made. A window is
+// Windows are read from the input in channels-last rows (one pixel's C channels contiguous), or,
+// where a sample's input and output fit in a core's cache together and the input is NCHW, from
+// its NCHW planes straight, results going straight to NCHW planes too: the strided reads and
+// writes then hit the cache, and the two passes over the whole map (a channels-last copy of the
+// input, a transposition of the output) that would cost as much as the products on small maps
+// are saved. Taps outside the input read zeros, so no padded copy of the input is made.
+//
+// The regions are an int64 (B, Ho*Wo) map or the guide (B, m, Ho, Wo) itself, whose argmax over
+// m (the first maximum winning, as torch.argmax) is taken per sample by the counting sort, so
+// that no separate pass over the guide is made. A window is
 // gathered either in the filter's own order (channel-major: c * taps + t), which lets the
 // filter be used where it is, or tap-major (t * C + c), which copies whole channel rows but
 // needs the filter reordered once per task: tap-major pays where a group has more pixels than
@@ -24,6 +32,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <functional>
 #include <tuple>
@@ -45,6 +54,9 @@ constexpr int64_t kMaxTilePixels = 512;
 // The backward pass is cut into (sample, channel block) tasks; a block has at least this many
 // input channels, so that its products stay wide enough to be efficient.
 constexpr int64_t kMinBlockChannels = 16;
+// Bytes of one sample's input and output (in the computation's dtype) up to which the kernels
+// work on NCHW planes directly: half a core's L2 cache, leaving room for the tiles and filters.
+constexpr int64_t kPlanarSampleBytes = 1 << 19;
 
 struct Problem {
   int64_t batch, channels, height, width;
@@ -100,11 +112,15 @@ Problem make_problem(const Tensor& input, const Tensor& weight, const Tensor& re
   pb.out_w = (pb.width + 2 * pb.pad_w - pb.dilation_w * (pb.kernel_w - 1) - 1) / pb.stride_w + 1;
   TORCH_CHECK(pb.out_h > 0 && pb.out_w > 0, "input of spatial size ", input.sizes().slice(2),
               " is too small for the filters");
-  TORCH_CHECK(regions.scalar_type() == at::kLong && regions.dim() == 2 &&
-                  regions.size(0) == pb.batch && regions.size(1) == pb.out_pixels(),
-              "regions must be an int64 tensor of shape (B=", pb.batch, ", Ho*Wo=",
-              pb.out_pixels(), "), but got ", regions.scalar_type(), " of shape ",
-              regions.sizes());
+  const bool is_map = regions.scalar_type() == at::kLong && regions.dim() == 2 &&
+                      regions.size(0) == pb.batch && regions.size(1) == pb.out_pixels();
+  const bool is_guide = at::isFloatingType(regions.scalar_type()) && regions.dim() == 4 &&
+                        regions.size(0) == pb.batch && regions.size(1) == pb.regions &&
+                        regions.size(2) == pb.out_h && regions.size(3) == pb.out_w;
+  TORCH_CHECK(is_map || is_guide, "regions must be an int64 tensor of shape (B=", pb.batch,
+              ", Ho*Wo=", pb.out_pixels(), ") or a floating guide of shape (B=", pb.batch,
+              ", m=", pb.regions, ", Ho=", pb.out_h, ", Wo=", pb.out_w, "), but got ",
+              regions.scalar_type(), " of shape ", regions.sizes());
   return pb;
 }
 
@@ -126,9 +142,31 @@ struct Groups {
   int64_t size(int64_t group) const { return start[group + 1] - start[group]; }
 };
 
-Groups sort_by_region(const Problem& pb, const Tensor& regions_arg) {
-  const Tensor regions = regions_arg.contiguous();
-  const int64_t* region_of = regions.data_ptr<int64_t>();
+// The region of every output pixel of sample b from the guide (B, m, Ho, Wo), of any layout:
+// the first of the highest scores, a NaN counting as the highest (as torch.argmax).
+template <typename guide_t>
+void guide_argmax(const Problem& pb, const Tensor& guide, int64_t b, int64_t* region_of) {
+  using acc_t = at::opmath_type<guide_t>;
+  const guide_t* data = guide.data_ptr<guide_t>() + b * guide.stride(0);
+  const int64_t stride_r = guide.stride(1), stride_y = guide.stride(2), stride_x = guide.stride(3);
+  std::vector<acc_t> best(pb.out_pixels());
+  for (int64_t r = 0; r < pb.regions; ++r) {
+    for (int64_t y = 0, p = 0; y < pb.out_h; ++y) {
+      const guide_t* row = data + r * stride_r + y * stride_y;
+      for (int64_t x = 0; x < pb.out_w; ++x, ++p) {
+        const acc_t value = acc_t(row[x * stride_x]);
+        if (r == 0 || value > best[p] || (std::isnan(value) && !std::isnan(best[p]))) {
+          best[p] = value;
+          region_of[p] = r;
+        }
+      }
+    }
+  }
+}
+
+Groups sort_by_region(const Problem& pb, const Tensor& regions) {
+  const bool is_guide = regions.dim() == 4;
+  const Tensor map = is_guide ? regions : regions.contiguous();
   const int64_t pixels = pb.out_pixels(), num_regions = pb.regions;
   Groups groups;
   groups.start.resize(pb.groups() + 1);
@@ -136,8 +174,16 @@ Groups sort_by_region(const Problem& pb, const Tensor& regions_arg) {
   groups.start[pb.groups()] = pb.batch * pixels;
   at::parallel_for(0, pb.batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> next(num_regions);
+    std::vector<int64_t> guided(is_guide ? pixels : 0);
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t* sample = region_of + b * pixels;
+      const int64_t* sample = guided.data();
+      if (is_guide) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, map.scalar_type(),
+                                        "drconv_guide_argmax",
+                                        [&] { guide_argmax<scalar_t>(pb, map, b, guided.data()); });
+      } else {
+        sample = map.data_ptr<int64_t>() + b * pixels;
+      }
       std::fill(next.begin(), next.end(), 0);
       for (int64_t p = 0; p < pixels; ++p) {
         TORCH_CHECK(sample[p] >= 0 && sample[p] < num_regions, "regions must lie in [0, ",
@@ -198,6 +244,19 @@ inline void for_each_tap(const Problem& pb, int64_t pixel, const Visit& visit) {
   }
 }
 
+// Where value (pixel, channel) of one sample's map sits: in channels-last rows or NCHW planes.
+struct Layout {
+  int64_t pixel_step, channel_step;
+
+  int64_t at(int64_t pixel, int64_t channel) const {
+    return pixel * pixel_step + channel * channel_step;
+  }
+};
+
+Layout rows_or_planes(bool planar, int64_t channels, int64_t pixels) {
+  return planar ? Layout{1, pixels} : Layout{channels, 1};
+}
+
 // A window of `block` channels, one value per (tap t, channel c): where value (t, c) sits in a
 // gathered row, tap-major or in the filter's channel-major order.
 template <bool kTapMajor>
@@ -207,11 +266,11 @@ struct WindowOrder {
   int64_t channel_step() const { return kTapMajor ? 1 : taps; }
 };
 
-// Channels [first, first + block) of the window of `pixel` from a sample's channels-last rows
-// into `col` (taps * block values): zeros where a tap is in the padding.
+// Channels [first, first + block) of the window of `pixel` from a sample's map into `col`
+// (taps * block values): zeros where a tap is in the padding.
 template <bool kTapMajor, typename acc_t>
-void gather_window(const Problem& pb, const acc_t* sample_rows, int64_t pixel, int64_t first,
-                   int64_t block, acc_t* col) {
+void gather_window(const Problem& pb, const acc_t* sample, Layout layout, int64_t pixel,
+                   int64_t first, int64_t block, acc_t* col) {
   const WindowOrder<kTapMajor> order{pb.taps(), block};
   const int64_t channel_step = order.channel_step();
   for_each_tap(pb, pixel, [&](int64_t t, int64_t offset) {
@@ -222,9 +281,13 @@ void gather_window(const Problem& pb, const acc_t* sample_rows, int64_t pixel, i
       }
       return;
     }
-    const acc_t* src = sample_rows + offset * pb.channels + first;
+    const acc_t* src = sample + layout.at(offset, first);
+    if (channel_step == 1 && layout.channel_step == 1) {
+      std::copy_n(src, block, dst);
+      return;
+    }
     for (int64_t c = 0; c < block; ++c) {
-      dst[c * channel_step] = src[c];
+      dst[c * channel_step] = src[c * layout.channel_step];
     }
   });
 }
@@ -232,7 +295,7 @@ void gather_window(const Problem& pb, const acc_t* sample_rows, int64_t pixel, i
 // The transpose of gather_window: adds `col` to the rows its window reads; taps in the padding
 // are dropped.
 template <bool kTapMajor, typename acc_t>
-void add_window(const Problem& pb, acc_t* sample_rows, int64_t pixel, int64_t first,
+void add_window(const Problem& pb, acc_t* sample, Layout layout, int64_t pixel, int64_t first,
                 int64_t block, const acc_t* col) {
   const WindowOrder<kTapMajor> order{pb.taps(), block};
   const int64_t channel_step = order.channel_step();
@@ -241,9 +304,9 @@ void add_window(const Problem& pb, acc_t* sample_rows, int64_t pixel, int64_t fi
       return;
     }
     const acc_t* src = col + t * order.tap_step();
-    acc_t* dst = sample_rows + offset * pb.channels + first;
+    acc_t* dst = sample + layout.at(offset, first);
     for (int64_t c = 0; c < block; ++c) {
-      dst[c] += src[c * channel_step];
+      dst[c * layout.channel_step] += src[c * channel_step];
     }
   });
 }
@@ -273,20 +336,20 @@ void for_each_filter_value(const Problem& pb, int64_t first, int64_t block, cons
 }
 
 template <bool kTapMajor, typename acc_t>
-void gather_tile(const Problem& pb, const acc_t* sample_rows, const int64_t* pixels, int64_t count,
-                 int64_t first, int64_t block, acc_t* cols) {
+void gather_tile(const Problem& pb, const acc_t* sample, Layout layout, const int64_t* pixels,
+                 int64_t count, int64_t first, int64_t block, acc_t* cols) {
   const int64_t width = block * pb.taps();
   for (int64_t i = 0; i < count; ++i) {
-    gather_window<kTapMajor>(pb, sample_rows, pixels[i], first, block, cols + i * width);
+    gather_window<kTapMajor>(pb, sample, layout, pixels[i], first, block, cols + i * width);
   }
 }
 
 template <bool kTapMajor, typename acc_t>
-void add_tile(const Problem& pb, acc_t* sample_rows, const int64_t* pixels, int64_t count,
-              int64_t first, int64_t block, const acc_t* grad_cols) {
+void add_tile(const Problem& pb, acc_t* sample, Layout layout, const int64_t* pixels,
+              int64_t count, int64_t first, int64_t block, const acc_t* grad_cols) {
   const int64_t width = block * pb.taps();
   for (int64_t i = 0; i < count; ++i) {
-    add_window<kTapMajor>(pb, sample_rows, pixels[i], first, block, grad_cols + i * width);
+    add_window<kTapMajor>(pb, sample, layout, pixels[i], first, block, grad_cols + i * width);
   }
 }
 
@@ -302,19 +365,36 @@ Tensor matrix(T* data, int64_t rows, int64_t cols, int64_t ld) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<value_t>::value));
 }
 
-// A (B, C, H, W) tensor as channels-last rows in the computation's dtype: the tensor itself
-// where it is that already (its storage is then (B, H, W, C)), else one converting copy.
-Tensor channels_last_rows(const Tensor& tensor, at::ScalarType acc_type) {
-  return tensor.to(acc_type).contiguous(at::MemoryFormat::ChannelsLast);
+// Whether a call works on NCHW planes (see the top of this file): an NCHW input whose samples'
+// input and output fit in the cache together.
+bool works_on_planes(const Problem& pb, const Tensor& input) {
+  const int64_t sample_values = pb.channels * pb.height * pb.width +
+                                pb.out_channels * pb.out_pixels();
+  return conv_memory_format(input) == at::MemoryFormat::Contiguous &&
+         sample_values * at::elementSize(at::toOpMathType(input.scalar_type())) <=
+             kPlanarSampleBytes;
+}
+
+at::MemoryFormat memory_format(bool planar) {
+  return planar ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
+}
+
+// A (B, C, H, W) tensor in the computation's dtype as NCHW planes or channels-last rows: the
+// tensor itself where it is that already, else one converting copy.
+Tensor in_layout(const Tensor& tensor, at::ScalarType acc_type, bool planar) {
+  return tensor.to(acc_type).contiguous(memory_format(planar));
 }
 
 template <typename scalar_t>
 void forward_kernel(const Problem& pb, const Tensor& input, const Tensor& weight,
-                    const Groups& groups, const c10::optional<Tensor>& bias, Tensor& output) {
+                    const Groups& groups, const c10::optional<Tensor>& bias, bool planar,
+                    Tensor& output) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kConvert = !std::is_same<acc_t, scalar_t>::value;
-  const Tensor rows = channels_last_rows(input, c10::CppTypeToScalarType<acc_t>::value);
+  const Tensor rows = in_layout(input, c10::CppTypeToScalarType<acc_t>::value, planar);
   const acc_t* rows_data = rows.data_ptr<acc_t>();
+  const Layout in_map = rows_or_planes(planar, pb.channels, pb.height * pb.width);
+  const Layout out_map = rows_or_planes(planar, pb.out_channels, pb.out_pixels());
   const scalar_t* weight_data = weight.data_ptr<scalar_t>();
   const int64_t window = pb.window(), out_channels = pb.out_channels;
   const int64_t sample_values = pb.height * pb.width * pb.channels;
@@ -328,7 +408,8 @@ void forward_kernel(const Problem& pb, const Tensor& input, const Tensor& weight
   // A task is a run of one group's pixels: at most a share of the call that leaves every
   // thread several tasks, so that the largest groups are split, and tiles of the same filter
   // otherwise, so that a converted or reordered filter is made once per task. Largest first,
-  // so that the small ones fill the gaps at the end.
+  // so that the small ones fill the gaps at the end; on planes in sample order instead, so that
+  // the threads work on a few samples at a time, which stay in the cache.
   const int64_t tile = tile_pixels(window);
   const int64_t share = pb.batch * pb.out_pixels() / (4 * at::get_num_threads()) + 1;
   const int64_t run = std::max(tile, (share + tile - 1) / tile * tile);
@@ -338,8 +419,9 @@ void forward_kernel(const Problem& pb, const Tensor& input, const Tensor& weight
       tasks.emplace_back(std::min(run, groups.start[g + 1] - i), g, i);
     }
   }
-  std::sort(tasks.begin(), tasks.end(), std::greater<>());
-  // The output is channels-last: (B, Ho * Wo, O).
+  if (!planar) {
+    std::sort(tasks.begin(), tasks.end(), std::greater<>());
+  }
   scalar_t* out = output.data_ptr<scalar_t>();
   const int64_t stride_b = pb.out_pixels() * out_channels;
   run_tasks(static_cast<int64_t>(tasks.size()), [&] {
@@ -360,16 +442,16 @@ void forward_kernel(const Problem& pb, const Tensor& input, const Tensor& weight
       for (int64_t first = run_first; first < run_first + run_count; first += tile) {
         const int64_t count = std::min(tile, run_first + run_count - first);
         const int64_t* pixels = groups.order.data() + first;
-        DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, pixels, count,
-                        0, pb.channels, cols.data());
+        DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, in_map, pixels,
+                        count, 0, pb.channels, cols.data());
         Tensor tile_products = matrix(products.data(), count, out_channels, out_channels);
         at::mm_out(tile_products, matrix(cols.data(), count, window, window),
                    matrix(filter, out_channels, window, window).t());
         for (int64_t i = 0; i < count; ++i) {
-          scalar_t* dst = out + b * stride_b + pixels[i] * out_channels;
+          scalar_t* dst = out + b * stride_b + out_map.at(pixels[i], 0);
           const acc_t* src = products.data() + i * out_channels;
           for (int64_t o = 0; o < out_channels; ++o) {
-            dst[o] = scalar_t(src[o] + bias_values[o]);
+            dst[o * out_map.channel_step] = scalar_t(src[o] + bias_values[o]);
           }
         }
       }
@@ -381,11 +463,13 @@ Tensor region_forward(const Tensor& input, const Tensor& weight, const Tensor& r
                       const c10::optional<Tensor>& bias, at::IntArrayRef stride,
                       at::IntArrayRef padding, at::IntArrayRef dilation) {
   const Problem pb = make_problem(input, weight, regions, stride, padding, dilation);
-  // Results go to their pixels in channels-last rows, one contiguous row per pixel: a pixel's
-  // values in O planes would be O scattered writes, each to a cache line that the other
-  // regions' pixels write again. NCHW results are one sequential transposition of those rows.
+  // Off the planes, results go to their pixels in channels-last rows, one contiguous row per
+  // pixel: a pixel's values in O planes of a map larger than the cache would be O scattered
+  // writes, each to a cache line that the other regions' pixels write again. NCHW results are
+  // then one sequential transposition of those rows.
+  const bool planar = works_on_planes(pb, input);
   Tensor output = at::empty({pb.batch, pb.out_channels, pb.out_h, pb.out_w},
-                            input.options().memory_format(at::MemoryFormat::ChannelsLast));
+                            input.options().memory_format(memory_format(planar)));
   if (output.numel() == 0) {
     return output.contiguous(conv_memory_format(input));
   }
@@ -393,7 +477,7 @@ Tensor region_forward(const Tensor& input, const Tensor& weight, const Tensor& r
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
                                   "drconv_region_forward", [&] {
                                     forward_kernel<scalar_t>(pb, input, weight, groups, bias,
-                                                             output);
+                                                             planar, output);
                                   });
   return output.contiguous(conv_memory_format(input));
 }
@@ -407,13 +491,15 @@ Tensor region_forward(const Tensor& input, const Tensor& weight, const Tensor& r
 // the samples alone are too few for the threads.
 template <typename scalar_t>
 void backward_kernel(const Problem& pb, const Tensor& input, const Tensor& weight,
-                     const Groups& groups, const Tensor& grad_output, Tensor* grad_rows,
-                     Tensor* grad_weight) {
+                     const Groups& groups, const Tensor& grad_output, bool planar,
+                     Tensor* grad_rows, Tensor* grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kConvert = !std::is_same<acc_t, scalar_t>::value;
   constexpr at::ScalarType kAccType = c10::CppTypeToScalarType<acc_t>::value;
-  const Tensor rows = channels_last_rows(input, kAccType);
-  const Tensor grad_output_rows = channels_last_rows(grad_output, kAccType);
+  const Tensor rows = in_layout(input, kAccType, planar);
+  const Tensor grad_output_rows = in_layout(grad_output, kAccType, planar);
+  const Layout in_map = rows_or_planes(planar, pb.channels, pb.height * pb.width);
+  const Layout out_map = rows_or_planes(planar, pb.out_channels, pb.out_pixels());
   const acc_t* rows_data = rows.data_ptr<acc_t>();
   const acc_t* grad_out = grad_output_rows.data_ptr<acc_t>();
   acc_t* grad_rows_data = grad_rows ? grad_rows->data_ptr<acc_t>() : nullptr;
@@ -470,13 +556,21 @@ void backward_kernel(const Problem& pb, const Tensor& input, const Tensor& weigh
           const int64_t count = std::min(tile, groups.start[g + 1] - start);
           const int64_t* pixels = groups.order.data() + start;
           for (int64_t i = 0; i < count; ++i) {
-            std::copy_n(grad_out + (b * pb.out_pixels() + pixels[i]) * out_channels, out_channels,
-                        grads.data() + i * out_channels);
+            const acc_t* src = grad_out + b * pb.out_pixels() * out_channels +
+                               out_map.at(pixels[i], 0);
+            acc_t* dst = grads.data() + i * out_channels;
+            if (out_map.channel_step == 1) {
+              std::copy_n(src, out_channels, dst);
+            } else {
+              for (int64_t o = 0; o < out_channels; ++o) {
+                dst[o] = src[o * out_map.channel_step];
+              }
+            }
           }
           const Tensor tile_grads = matrix(grads.data(), count, out_channels, out_channels);
           if (grad_weight) {
-            DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, pixels,
-                            count, first, channels, cols.data());
+            DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, in_map,
+                            pixels, count, first, channels, cols.data());
             Tensor tile_grad_filter = matrix(grad_filter, out_channels, width, ld);
             const Tensor tile_cols = matrix(cols.data(), count, width, width);
             if (start == groups.start[g]) {
@@ -488,8 +582,8 @@ void backward_kernel(const Problem& pb, const Tensor& input, const Tensor& weigh
           if (grad_rows) {
             Tensor tile_grad_cols = matrix(grad_cols.data(), count, width, width);
             at::mm_out(tile_grad_cols, tile_grads, matrix(filter, out_channels, width, ld));
-            DRCONV_BY_ORDER(tap_major, add_tile, pb, grad_rows_data + b * sample_values, pixels,
-                            count, first, channels, grad_cols.data());
+            DRCONV_BY_ORDER(tap_major, add_tile, pb, grad_rows_data + b * sample_values, in_map,
+                            pixels, count, first, channels, grad_cols.data());
           }
         }
         if (grad_weight && !in_place) {
@@ -518,13 +612,14 @@ std::tuple<c10::optional<Tensor>, c10::optional<Tensor>> region_backward(
   const at::ScalarType dtype = input.scalar_type();
   const at::ScalarType acc_type = at::toOpMathType(dtype);
   const at::MemoryFormat input_format = conv_memory_format(input);
-  // The input gradient is accumulated in channels-last rows of the computation's dtype: in the
-  // result itself where that is such a tensor.
-  const bool rows_are_result = acc_type == dtype && input_format == at::MemoryFormat::ChannelsLast;
+  // The input gradient is accumulated in the input map's layout (planes or rows) of the
+  // computation's dtype: in the result itself where that is such a tensor.
+  const bool planar = works_on_planes(pb, input);
+  const bool rows_are_result = acc_type == dtype && input_format == memory_format(planar);
   Tensor grad_rows, grad_weight;
   if (need_input) {
-    grad_rows = at::empty(input.sizes(), input.options().dtype(acc_type).memory_format(
-                                             at::MemoryFormat::ChannelsLast))
+    grad_rows = at::empty(input.sizes(),
+                          input.options().dtype(acc_type).memory_format(memory_format(planar)))
                     .zero_();
   }
   if (need_weight) {
@@ -534,7 +629,7 @@ std::tuple<c10::optional<Tensor>, c10::optional<Tensor>> region_backward(
   if ((need_input || need_weight) && grad_output.numel() > 0 && pb.channels > 0) {
     const Groups groups = sort_by_region(pb, regions);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "drconv_region_backward", [&] {
-      backward_kernel<scalar_t>(pb, input, weight, groups, grad_output,
+      backward_kernel<scalar_t>(pb, input, weight, groups, grad_output, planar,
                                 need_input ? &grad_rows : nullptr,
                                 need_weight ? &grad_weight : nullptr);
     });
