@@ -65,9 +65,79 @@ def test_matches_pytorch_kernels(shape, threads, monkeypatch):
         torch.testing.assert_close(g, w, msg=name)
 
 
+# Bytes of a sample's float32 input and output up to which the kernels work on NCHW planes
+# (kPlanarSampleBytes in the .cpp); LARGE's samples take channels-last rows.
+PLANAR_SAMPLE_BYTES = 1 << 19
+LARGE = (2, 8, 9, 3, (96, 88), (3, 3), (1, 1), (1, 1), (1, 1))
+
+
+def sample_bytes(shape):
+    (x, weight, guide, _), _ = random_args(shape)
+    return 4 * (x[0].numel() + weight.shape[2] * guide[0, 0].numel())
+
+
+def as_layout(x, layout):
+    if layout == 'channels_last':
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == 'non_contiguous':  # every other column of a map twice as wide
+        return torch.repeat_interleave(x, 2, dim=-1)[..., ::2]
+    return x
+
+
+@needs_extension
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'non_contiguous'])
+@pytest.mark.parametrize('shape', [SHAPES[2], SHAPES[3], LARGE])
+def test_layouts_match_pytorch_kernels(shape, layout, monkeypatch):
+    """NCHW inputs whose samples fit in the cache run on planes, the others on channels-last
+    rows; the results have the layout nn.Conv2d gives."""
+    assert (sample_bytes(shape) > PLANAR_SAMPLE_BYTES) == (shape is LARGE)
+    (x, weight, guide, bias), geo = random_args(shape)
+    args = (as_layout(x, layout), weight, as_layout(guide, layout), bias)
+    got, got_grads, grad_out = output_and_grads(args, geo, True, monkeypatch)
+    want, want_grads, _ = output_and_grads(args, geo, False, monkeypatch, grad_out)
+    torch.testing.assert_close(got, want)
+    memory_format = region_products.conv_memory_format(args[0])
+    assert got.is_contiguous(memory_format=memory_format)
+    assert got_grads[0].is_contiguous(memory_format=memory_format)
+    for name, g, w in zip(('input', 'weight', 'guide', 'bias'), got_grads, want_grads):
+        # LARGE's weight gradients sum thousands of products, in another order in each kernel
+        torch.testing.assert_close(g, w, rtol=1.3e-6, atol=1e-6 * w.abs().max().item(), msg=name)
+
+
+def guides_with_ties(shape):
+    """Guides of several dtypes and layouts whose scores tie often (the first maximum wins) and
+    hold NaNs (the first NaN wins, as in torch.argmax)."""
+    (_, _, guide, _), _ = random_args(shape)
+    guide = guide.mul(2).round()
+    guide[0, -1, 0, 0] = float('nan')
+    guide[-1, :, -1, -1] = float('nan')
+    return [guide, guide.bfloat16(), guide.half(), guide.double(),
+            guide.contiguous(memory_format=torch.channels_last), as_layout(guide, 'non_contiguous'),
+            guide.transpose(-1, -2).contiguous().transpose(-1, -2)]
+
+
+@needs_extension
+@pytest.mark.parametrize('shape', [SHAPES[0], SHAPES[2], LARGE])
+def test_guide_gives_its_argmax(shape):
+    """The kernels take the guide's argmax over regions themselves: results are those of the
+    int64 regions of torch.argmax, bit for bit."""
+    (x, weight, _, bias), geo = random_args(shape)
+    grad_out = None
+    for guide in guides_with_ties(shape):
+        regions = region_products._regions(guide)
+        results = []
+        for given in (guide, regions):
+            out = cpu_extension.region_forward(x, weight, given, bias, *map(list, geo))
+            grad_out = torch.randn_like(out) if grad_out is None else grad_out
+            results.append((out, *cpu_extension.region_backward(grad_out, x, weight, given,
+                                                                *map(list, geo), True, True)))
+        for name, got, want in zip(('output', 'input', 'weight'), *results):
+            assert torch.equal(got, want), (name, guide.dtype, guide.stride())
+
+
 @needs_extension
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize('shape', [SHAPES[2], SHAPES[3]])
+@pytest.mark.parametrize('shape', [SHAPES[2], SHAPES[3], LARGE])
 def test_half_matches_float32(shape, dtype):
     """Half types are computed in float32: results are float32's rounded, on every torch (2.1
     has no float16 matrix product on CPU, which the kernels do not need)."""
@@ -105,12 +175,12 @@ def test_only_needed_gradients():
 @needs_extension
 def test_batch_zero():
     x, weight = torch.randn(0, 3, 5, 4), torch.randn(0, 2, 4, 3, 3, 3)
-    regions = torch.zeros(0, 12, dtype=torch.long)
-    out = cpu_extension.region_forward(x, weight, regions, None, [1, 1], [0, 1], [1, 1])
-    assert out.shape == (0, 4, 3, 4)
-    grad_input, grad_weight = cpu_extension.region_backward(out, x, weight, regions, [1, 1],
-                                                            [0, 1], [1, 1], True, True)
-    assert grad_input.shape == x.shape and grad_weight.shape == weight.shape
+    for regions in (torch.zeros(0, 12, dtype=torch.long), torch.zeros(0, 2, 3, 4)):
+        out = cpu_extension.region_forward(x, weight, regions, None, [1, 1], [0, 1], [1, 1])
+        assert out.shape == (0, 4, 3, 4)
+        grad_input, grad_weight = cpu_extension.region_backward(out, x, weight, regions, [1, 1],
+                                                                [0, 1], [1, 1], True, True)
+        assert grad_input.shape == x.shape and grad_weight.shape == weight.shape
 
 
 @needs_extension
@@ -118,6 +188,9 @@ def test_batch_zero():
     (dict(regions=torch.full((1, 6), 2)), r'regions must lie in \[0, 2\), but sample 0 has 2'),
     (dict(regions=torch.zeros(1, 5, dtype=torch.long)), 'regions must be an int64 tensor of shape'),
     (dict(regions=torch.zeros(1, 6, dtype=torch.int32)), 'regions must be an int64 tensor'),
+    (dict(regions=torch.zeros(1, 3, 2, 3)),
+     r'or a floating guide of shape \(B=1, m=2, Ho=2, Wo=3\), but got Float of shape \[1, 3'),
+    (dict(regions=torch.zeros(1, 2, 2, 3, dtype=torch.long)), 'regions must be an int64 tensor'),
     (dict(weight=torch.zeros(1, 2, 3, 4, 1, 2).transpose(2, 3)), 'weight must be contiguous'),
     (dict(weight=torch.zeros(1, 2, 4, 3, 1, 2, dtype=torch.float64)),
      'weight must have the dtype of input'),
