@@ -64,7 +64,9 @@ def region_forward(input: Tensor, weight: Tensor, regions: Tensor, bias: Optiona
     Args:
         input (Tensor[B, C, H, W]): any layout; float64, float32, bfloat16 or float16.
         weight (Tensor[B, m, O, C, kh, kw]): contiguous, of the input's dtype.
-        regions (Tensor[B, Ho*Wo]): int64 region of every output pixel, in ``[0, m)``.
+        regions (Tensor[B, Ho*Wo] or Tensor[B, m, Ho, Wo]): the int64 region of every output
+            pixel, in ``[0, m)``, or the guide, of any floating dtype and layout, whose argmax
+            over ``m`` (the first maximum winning, as ``torch.argmax``) the kernels take.
         bias (Tensor[O], optional): of the input's dtype.
         stride, padding, dilation: ``[h, w]`` each.
 
