@@ -64,7 +64,7 @@ USE_CPU_EXTENSION = True
 # Bands of the guide gradient's grouped convolutions (k > 1), per device type: values of the
 # region responses, and samples per convolution. oneDNN runs a convolution of a few output rows,
 # or of many groups, far below its speed on whole maps of a few groups.
-GUIDE_CONV_BAND_VALUES = {'cpu': 1 << 22}
+GUIDE_CONV_BAND_VALUES = {'cpu': 1 << 21}
 GUIDE_CONV_SAMPLES = {'cpu': 8}
 
 
