@@ -117,13 +117,18 @@ def _band_values(device: torch.device) -> int:
     return BAND_VALUES.get(device.type, DEFAULT_BAND_VALUES)
 
 
+def _rows_per_band(width: int, band_values: int) -> int:
+    """Rows ``width`` values wide in a band of ``band_values`` values: at least one."""
+    return max(1, band_values // width)
+
+
 def _bands(groups: int, length: int, width: int, band_values: int,
            max_groups: Optional[int] = None) -> Iterator[Tuple[slice, slice]]:
     """Splits a ``(groups, length)`` grid of rows ``width`` values wide into bands of at most
     ``band_values`` values (at least one row): whole groups together where a group fits (at most
     ``max_groups`` of them), else pieces of one group. Yields ``(group slice, row slice)``; a
     band's rows are contiguous in the grid's row-major order."""
-    rows = max(1, band_values // width)
+    rows = _rows_per_band(width, band_values)
     if length <= rows:
         step = rows // length if max_groups is None else min(rows // length, max_groups)
         for start in range(0, groups, step):
@@ -294,7 +299,7 @@ class _LengthClasses:
 
     def splits_groups(self, width: int) -> bool:
         """Whether some group's rows span several bands of :meth:`bands`."""
-        rows = max(1, _band_values(self.pixels.device) // width)
+        rows = _rows_per_band(width, _band_values(self.pixels.device))
         return any(length > rows for _, _, length, _ in self.classes)
 
     def bands(self, width: int) -> Iterator[_Band]:
@@ -400,12 +405,10 @@ def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
         pixels = F.pad(input, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else input
         pixels = pixels[:, :, ::geo.stride[0], ::geo.stride[1]][:, :, :out_h, :out_w].reshape(
             batch, channels, out_h * out_w)
-    device_type = input.device.type
-    if geo.kernel == (1, 1):
         band_values, max_samples = _band_values(input.device), None
     else:
-        band_values = GUIDE_CONV_BAND_VALUES.get(device_type, DEFAULT_BAND_VALUES)
-        max_samples = GUIDE_CONV_SAMPLES.get(device_type)
+        band_values = GUIDE_CONV_BAND_VALUES.get(input.device.type, DEFAULT_BAND_VALUES)
+        max_samples = GUIDE_CONV_SAMPLES.get(input.device.type)
     for samples, rows in _bands(batch, out_h, num_regions * out_channels * out_w, band_values,
                                 max_samples):
         count = samples.stop - samples.start
