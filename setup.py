@@ -17,6 +17,7 @@ from setuptools import find_packages, setup
 REPO_ROOT = osp.dirname(osp.abspath(__file__))
 MIM_FILES = ('configs', 'tools', 'model-index.yml')
 CPU_KERNELS = 'drconv_mmdet/ops/csrc/region_products_cpu.cpp'
+CPU_KERNEL_HEADERS = ['drconv_mmdet/ops/csrc/small_gemm.h', 'drconv_mmdet/ops/csrc/small_gemm_kernel.inc']
 
 
 def read_version() -> str:
@@ -88,6 +89,7 @@ def cpu_extension() -> dict:
 
     extension = CppExtension(
         f'drconv_mmdet._C_torch{version}', [CPU_KERNELS],
+        depends=CPU_KERNEL_HEADERS,
         extra_compile_args=['-O3' if os.name != 'nt' else '/O2', *openmp],
         extra_link_args=[flag for flag in openmp if flag != '/openmp'])
     return dict(ext_modules=[extension], cmdclass={'build_ext': OptionalBuildExtension})

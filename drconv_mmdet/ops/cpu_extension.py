@@ -2,7 +2,7 @@
 
 ``pip install --no-build-isolation -e .`` (or any install whose build can import torch) compiles
 ``drconv_mmdet/ops/csrc/region_products_cpu.cpp`` into ``drconv_mmdet._C_torch<version>``, which
-registers ``torch.ops.drconv_cpu.region_forward`` and ``torch.ops.drconv_cpu.region_backward``.
+registers ``torch.ops.drconv_cpu.region_forward``, ``region_backward`` and ``guide_dots``.
 An extension only works with the torch it was compiled against, so its name carries that
 torch's version: environments with different torch can share one editable checkout, each
 finding its own build.
@@ -20,7 +20,10 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ['AVAILABLE', 'MODULE_NAME', 'region_forward', 'region_backward']
+__all__ = [
+    'AVAILABLE', 'MODULE_NAME', 'region_forward', 'region_backward', 'guide_dots',
+    'instruction_set'
+]
 
 # The extension module built for the running torch (its version without a local suffix such
 # as '+cpu').
@@ -94,3 +97,29 @@ def region_backward(grad_output: Tensor, input: Tensor, weight: Tensor, regions:
     """
     return torch.ops.drconv_cpu.region_backward(grad_output, input, weight, regions, stride,
                                                 padding, dilation, need_input, need_weight)
+
+
+def guide_dots(grad_output: Tensor, input: Tensor, weight: Tensor, stride: List[int],
+               padding: List[int], dilation: List[int]) -> Optional[Tensor]:
+    """``<grad_output[b, :, p], weight[b, j] @ window(b, p)>`` for every region ``j`` and output
+    pixel ``p``: the dot products of the guide's straight-through gradient (Eq. 7).
+
+    They are computed where a sample's input and output fit in a core's cache together and the
+    input is NCHW (the kernels' planes); elsewhere the result is None, and grouped convolutions
+    over whole maps are the faster way.
+
+    Args:
+        grad_output (Tensor[B, O, Ho, Wo]): of the input's dtype.
+        input, weight, stride, padding, dilation: as for :func:`region_forward`.
+
+    Returns:
+        Tensor[B, m, Ho, Wo] or None: in float32 (float64 for float64 inputs).
+    """
+    return torch.ops.drconv_cpu.guide_dots(grad_output, input, weight, stride, padding, dilation)
+
+
+def instruction_set() -> str:
+    """The instruction set of the kernels' small matrix products in this process: 'avx512',
+    'avx2' or 'default'. No wider than the ``ATEN_CPU_CAPABILITY`` environment variable allows,
+    as ATen's own kernels."""
+    return importlib.import_module(MODULE_NAME).instruction_set()

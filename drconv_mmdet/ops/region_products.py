@@ -23,8 +23,9 @@ On CPU, where the compiled kernels of :mod:`.cpu_extension` are built (and
 :data:`USE_CPU_EXTENSION` is set), they compute the forward pass and the input and weight
 gradients instead: they fuse the gather, product and scatter of a tile of pixels in cache and
 run tiles in parallel, where the PyTorch kernels make a memory pass per step and call per band
-from Python. The guide and bias gradients, and every other device, use the PyTorch kernels,
-which are also the reference the compiled ones are tested against.
+from Python; on small NCHW maps they also compute the guide gradient's region responses. The
+bias gradient, the guide gradient on larger maps, and every other device use the PyTorch
+kernels, which are also the reference the compiled ones are tested against.
 """
 import functools
 import math
@@ -392,7 +393,14 @@ def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
     depend on the regions (cuDNN autotunes them once); for 1x1 filters as one bmm. The bmm's
     bands are those of the products, small on CPU so that the responses are still in cache for
     the dot products; the convolutions' bands (:data:`GUIDE_CONV_BAND_VALUES`) are larger.
+    The compiled kernels compute them instead on small NCHW maps, where these calls are too
+    small to be efficient.
     """
+    if _runs_cpu_extension(input):
+        dots = cpu_extension.guide_dots(grad_output, input, weight.contiguous(),
+                                        *_geometry_lists(geo))
+        if dots is not None:
+            return dots
     batch, num_regions, out_channels, channels, kernel_h, kernel_w = weight.shape
     height, width = input.shape[-2:]
     out_h, out_w = geo.out_size

@@ -2,6 +2,10 @@
 kernels, and how the op finds them. Their loop-definition tests are the 'cpu_extension' strategy
 of test_region_products.py."""
 import importlib
+import os
+import os.path as osp
+import subprocess
+import sys
 import warnings
 from unittest import mock
 
@@ -9,6 +13,7 @@ import pytest
 import torch
 
 from drconv_mmdet.ops import cpu_extension, dr_conv2d, region_products
+from drconv_mmdet.ops.geometry import make_geometry
 from test_region_products import NOT_BUILT, relative_error
 
 needs_extension = pytest.mark.skipif(not cpu_extension.AVAILABLE, reason=NOT_BUILT)
@@ -65,15 +70,20 @@ def test_matches_pytorch_kernels(shape, threads, monkeypatch):
         torch.testing.assert_close(g, w, msg=name)
 
 
-# Bytes of a sample's float32 input and output up to which the kernels work on NCHW planes
-# (kPlanarSampleBytes in the .cpp); LARGE's samples take channels-last rows.
+# The kernels work on NCHW planes where a sample's float32 input and output take at most
+# PLANAR_SAMPLE_BYTES, or a window at most PLANAR_WINDOW values (kPlanarSampleBytes and
+# kPlanarWindow in the .cpp). LARGE's samples and windows are larger: they take channels-last
+# rows; LONG_MAP's samples are larger, its windows short: planes.
 PLANAR_SAMPLE_BYTES = 1 << 19
-LARGE = (2, 8, 9, 3, (96, 88), (3, 3), (1, 1), (1, 1), (1, 1))
+PLANAR_WINDOW = 512
+LARGE = (2, 64, 9, 3, (40, 48), (3, 3), (1, 1), (1, 1), (1, 1))
+LONG_MAP = (1, 4, 5, 2, (180, 200), (3, 3), (1, 1), (1, 1), (1, 1))
 
 
-def sample_bytes(shape):
+def works_on_planes(shape):
     (x, weight, guide, _), _ = random_args(shape)
-    return 4 * (x[0].numel() + weight.shape[2] * guide[0, 0].numel())
+    sample_bytes = 4 * (x[0].numel() + weight.shape[2] * guide[0, 0].numel())
+    return sample_bytes <= PLANAR_SAMPLE_BYTES or weight[0, 0, 0].numel() <= PLANAR_WINDOW
 
 
 def as_layout(x, layout):
@@ -86,11 +96,11 @@ def as_layout(x, layout):
 
 @needs_extension
 @pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'non_contiguous'])
-@pytest.mark.parametrize('shape', [SHAPES[2], SHAPES[3], LARGE])
+@pytest.mark.parametrize('shape', [SHAPES[2], SHAPES[3], LONG_MAP, LARGE])
 def test_layouts_match_pytorch_kernels(shape, layout, monkeypatch):
-    """NCHW inputs whose samples fit in the cache run on planes, the others on channels-last
-    rows; the results have the layout nn.Conv2d gives."""
-    assert (sample_bytes(shape) > PLANAR_SAMPLE_BYTES) == (shape is LARGE)
+    """NCHW inputs whose samples fit in the cache or whose windows are short run on planes, the
+    others on channels-last rows; the results have the layout nn.Conv2d gives."""
+    assert works_on_planes(shape) == (shape is not LARGE)
     (x, weight, guide, bias), geo = random_args(shape)
     args = (as_layout(x, layout), weight, as_layout(guide, layout), bias)
     got, got_grads, grad_out = output_and_grads(args, geo, True, monkeypatch)
@@ -100,8 +110,9 @@ def test_layouts_match_pytorch_kernels(shape, layout, monkeypatch):
     assert got.is_contiguous(memory_format=memory_format)
     assert got_grads[0].is_contiguous(memory_format=memory_format)
     for name, g, w in zip(('input', 'weight', 'guide', 'bias'), got_grads, want_grads):
-        # LARGE's weight gradients sum thousands of products, in another order in each kernel
-        torch.testing.assert_close(g, w, rtol=1.3e-6, atol=1e-6 * w.abs().max().item(), msg=name)
+        # LONG_MAP's and LARGE's weight gradients sum thousands of float32 products, in another
+        # order in each kernel
+        torch.testing.assert_close(g, w, rtol=1.3e-6, atol=1e-5 * w.abs().max().item(), msg=name)
 
 
 def guides_with_ties(shape):
@@ -265,3 +276,105 @@ def test_broken_extension_warns(monkeypatch, error):
     assert not loaded
     assert messages == [f'the compiled DRConv CPU kernels ({cpu_extension.MODULE_NAME}) do not '
                         f'load ({error}); the op runs its PyTorch kernels on CPU']
+
+
+def pytorch_dots(x, weight, grad_out, geo, monkeypatch):
+    monkeypatch.setattr(region_products, 'USE_CPU_EXTENSION', False)
+    return region_products._region_response_dots(x, weight, grad_out,
+                                                  make_geometry(x.shape[-2:], weight.shape[-2:],
+                                                                *geo))
+
+
+@needs_extension
+@pytest.mark.parametrize('shape', SHAPES)
+def test_guide_dots_match_pytorch_kernels(shape, monkeypatch):
+    """On planes the compiled kernels give the guide gradient's region responses."""
+    (x, weight, guide, _), geo = random_args(shape)
+    grad_out = torch.randn(x.shape[0], weight.shape[2], *guide.shape[-2:])
+    got = cpu_extension.guide_dots(grad_out, x, weight, *map(list, geo))
+    want = pytorch_dots(x, weight, grad_out, geo, monkeypatch)
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    torch.testing.assert_close(got, want)
+
+
+@needs_extension
+@pytest.mark.parametrize('layout', ['channels_last', 'large'])
+def test_guide_dots_leave_rows(layout):
+    """Off the planes the grouped convolutions are faster: the kernels give None."""
+    (x, weight, guide, _), geo = random_args(LARGE if layout == 'large' else SHAPES[2])
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(x.shape[0], weight.shape[2], *guide.shape[-2:])
+    assert cpu_extension.guide_dots(grad_out, x, weight, *map(list, geo)) is None
+
+
+@needs_extension
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16, torch.float64])
+def test_guide_dots_dtypes(dtype, monkeypatch):
+    """Half types are computed in float32, float64 in float64: the dots have that dtype."""
+    (x, weight, guide, _), geo = random_args(SHAPES[3], dtype)
+    grad_out = torch.randn(x.shape[0], weight.shape[2], *guide.shape[-2:]).to(dtype)
+    got = cpu_extension.guide_dots(grad_out, x, weight, *map(list, geo))
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    want = pytorch_dots(x.double(), weight.double(), grad_out.double(), geo, monkeypatch)
+    if dtype == torch.float64:
+        torch.testing.assert_close(got, want)
+    else:
+        assert relative_error(got, want) < 1e-2
+
+
+@needs_extension
+def test_guide_dots_batch_zero_and_errors():
+    x, weight = torch.randn(0, 3, 5, 4), torch.randn(0, 2, 4, 3, 3, 3)
+    dots = cpu_extension.guide_dots(torch.randn(0, 4, 3, 4), x, weight, [1, 1], [0, 1], [1, 1])
+    assert dots.shape == (0, 2, 3, 4)
+    x, weight = torch.randn(1, 3, 5, 4), torch.randn(1, 2, 4, 3, 3, 3)
+    with pytest.raises(RuntimeError, match=r'grad_output must be of shape \(1, 4, 3, 4\), dtype '
+                       r'Float and on the CPU, but got \[1, 4, 3, 3\], Float and cpu'):
+        cpu_extension.guide_dots(torch.randn(1, 4, 3, 3), x, weight, [1, 1], [0, 1], [1, 1])
+    with pytest.raises(RuntimeError, match='weight must be 6-D'):
+        cpu_extension.guide_dots(torch.randn(1, 4, 3, 4), x, weight[0], [1, 1], [0, 1], [1, 1])
+
+
+# Runs in a fresh process, whose kernels pick their instruction set once, capped by
+# ATEN_CPU_CAPABILITY: the kernels against the PyTorch kernels on shapes that take the planes.
+INSTRUCTION_SET_CHECK = '''
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_cpu_extension import SHAPES, random_args
+from drconv_mmdet.ops import cpu_extension, dr_conv2d, region_products
+
+print(cpu_extension.instruction_set())
+for shape in SHAPES:
+    for dtype in (torch.float32, torch.float64):
+        args, geo = random_args(shape, dtype)
+        results = []
+        for use_extension in (True, False):
+            region_products.USE_CPU_EXTENSION = use_extension
+            leaves = [t.detach().clone().requires_grad_() for t in args]
+            out = dr_conv2d(*leaves, *geo)
+            grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1),
+                                   dtype=dtype)
+            results.append((out, *torch.autograd.grad(out, leaves, grad_out)))
+        for got, want in zip(*results):
+            torch.testing.assert_close(got, want)
+print('ok')
+'''
+
+
+@needs_extension
+@pytest.mark.parametrize('capability', ['default', 'avx2', 'avx512'])
+def test_instruction_sets_match_pytorch_kernels(capability):
+    """Every build of the small matrix products this CPU can run, chosen as ATen chooses its
+    kernels (ATEN_CPU_CAPABILITY caps the set)."""
+    script = INSTRUCTION_SET_CHECK.format(tests=osp.dirname(__file__))
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    chosen, status = result.stdout.split()
+    assert status == 'ok'
+    widths = ['default', 'avx2', 'avx512']
+    assert widths.index(chosen) <= widths.index(capability)
+    if chosen != capability:
+        pytest.skip(f'this CPU has no {capability} (the kernels chose {chosen})')

@@ -14,6 +14,12 @@
 // input, a transposition of the output) that would cost as much as the products on small maps
 // are saved. Taps outside the input read zeros, so no padded copy of the input is made.
 //
+// On planes, a group has few pixels (a small map's share of m regions), so a tile's windows are
+// gathered as columns (one row per channel and tap, one column per pixel: each row reads one
+// cached plane) and multiplied by small_gemm.h's products, which use the filter in place. A
+// BLAS call would pack the whole filter for a few dozen pixels. On rows, groups are large, and
+// at::mm's packing pays for itself over tiles of hundreds of pixels.
+//
 // The regions are an int64 (B, Ho*Wo) map or the guide (B, m, Ho, Wo) itself, whose argmax over
 // m (the first maximum winning, as torch.argmax) is taken per sample by the counting sort, so
 // that no separate pass over the guide is made. A window is
@@ -31,10 +37,13 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include "small_gemm.h"
+
 #include <algorithm>
 #include <cmath>
 #include <atomic>
 #include <functional>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -51,12 +60,19 @@ using at::Tensor;
 constexpr int64_t kTileValues = 1 << 16;
 constexpr int64_t kMinTilePixels = 128;
 constexpr int64_t kMaxTilePixels = 512;
+// Pixels of a tile on planes: at most this many, so that a product's columns fill whole vectors
+// and the tiles of one group are few.
+constexpr int64_t kMaxPlanarTilePixels = 256;
 // The backward pass is cut into (sample, channel block) tasks; a block has at least this many
 // input channels, so that its products stay wide enough to be efficient.
 constexpr int64_t kMinBlockChannels = 16;
 // Bytes of one sample's input and output (in the computation's dtype) up to which the kernels
 // work on NCHW planes directly: half a core's L2 cache, leaving room for the tiles and filters.
 constexpr int64_t kPlanarSampleBytes = 1 << 19;
+// Windows of up to this many values work on NCHW planes at any map size: a tile's products then
+// read a filter that stays in a core's cache from tile to tile, where at::mm would pack it per
+// tile, and the two passes over the map that rows cost are saved.
+constexpr int64_t kPlanarWindow = 512;
 
 struct Problem {
   int64_t batch, channels, height, width;
@@ -80,12 +96,15 @@ std::pair<int64_t, int64_t> as_pair(at::IntArrayRef values, const char* name) {
   return {values[0], values[1]};
 }
 
-Problem make_problem(const Tensor& input, const Tensor& weight, const Tensor& regions,
-                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+// The problem of a call, its arguments checked; `regions` where the call takes them.
+Problem make_problem(const Tensor& input, const Tensor& weight,
+                     const c10::optional<Tensor>& regions, at::IntArrayRef stride,
+                     at::IntArrayRef padding, at::IntArrayRef dilation) {
   TORCH_CHECK(input.dim() == 4, "input must be 4-D (B, C, H, W), but got shape ", input.sizes());
   TORCH_CHECK(weight.dim() == 6, "weight must be 6-D (B, m, O, C, kh, kw), but got shape ",
               weight.sizes());
-  TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu() && regions.device().is_cpu(),
+  TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu() &&
+                  (!regions.has_value() || regions->device().is_cpu()),
               "input, weight and regions must be on the CPU");
   TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "weight must have the dtype of input (",
               input.scalar_type(), "), but got ", weight.scalar_type());
@@ -112,15 +131,18 @@ Problem make_problem(const Tensor& input, const Tensor& weight, const Tensor& re
   pb.out_w = (pb.width + 2 * pb.pad_w - pb.dilation_w * (pb.kernel_w - 1) - 1) / pb.stride_w + 1;
   TORCH_CHECK(pb.out_h > 0 && pb.out_w > 0, "input of spatial size ", input.sizes().slice(2),
               " is too small for the filters");
-  const bool is_map = regions.scalar_type() == at::kLong && regions.dim() == 2 &&
-                      regions.size(0) == pb.batch && regions.size(1) == pb.out_pixels();
-  const bool is_guide = at::isFloatingType(regions.scalar_type()) && regions.dim() == 4 &&
-                        regions.size(0) == pb.batch && regions.size(1) == pb.regions &&
-                        regions.size(2) == pb.out_h && regions.size(3) == pb.out_w;
+  if (!regions.has_value()) {
+    return pb;
+  }
+  const bool is_map = regions->scalar_type() == at::kLong && regions->dim() == 2 &&
+                      regions->size(0) == pb.batch && regions->size(1) == pb.out_pixels();
+  const bool is_guide = at::isFloatingType(regions->scalar_type()) && regions->dim() == 4 &&
+                        regions->size(0) == pb.batch && regions->size(1) == pb.regions &&
+                        regions->size(2) == pb.out_h && regions->size(3) == pb.out_w;
   TORCH_CHECK(is_map || is_guide, "regions must be an int64 tensor of shape (B=", pb.batch,
               ", Ho*Wo=", pb.out_pixels(), ") or a floating guide of shape (B=", pb.batch,
               ", m=", pb.regions, ", Ho=", pb.out_h, ", Wo=", pb.out_w, "), but got ",
-              regions.scalar_type(), " of shape ", regions.sizes());
+              regions->scalar_type(), " of shape ", regions->sizes());
   return pb;
 }
 
@@ -244,19 +266,6 @@ inline void for_each_tap(const Problem& pb, int64_t pixel, const Visit& visit) {
   }
 }
 
-// Where value (pixel, channel) of one sample's map sits: in channels-last rows or NCHW planes.
-struct Layout {
-  int64_t pixel_step, channel_step;
-
-  int64_t at(int64_t pixel, int64_t channel) const {
-    return pixel * pixel_step + channel * channel_step;
-  }
-};
-
-Layout rows_or_planes(bool planar, int64_t channels, int64_t pixels) {
-  return planar ? Layout{1, pixels} : Layout{channels, 1};
-}
-
 // A window of `block` channels, one value per (tap t, channel c): where value (t, c) sits in a
 // gathered row, tap-major or in the filter's channel-major order.
 template <bool kTapMajor>
@@ -266,11 +275,11 @@ struct WindowOrder {
   int64_t channel_step() const { return kTapMajor ? 1 : taps; }
 };
 
-// Channels [first, first + block) of the window of `pixel` from a sample's map into `col`
-// (taps * block values): zeros where a tap is in the padding.
+// Channels [first, first + block) of the window of `pixel` from a sample's channels-last rows
+// into `col` (taps * block values): zeros where a tap is in the padding.
 template <bool kTapMajor, typename acc_t>
-void gather_window(const Problem& pb, const acc_t* sample, Layout layout, int64_t pixel,
-                   int64_t first, int64_t block, acc_t* col) {
+void gather_window(const Problem& pb, const acc_t* sample, int64_t pixel, int64_t first,
+                   int64_t block, acc_t* col) {
   const WindowOrder<kTapMajor> order{pb.taps(), block};
   const int64_t channel_step = order.channel_step();
   for_each_tap(pb, pixel, [&](int64_t t, int64_t offset) {
@@ -281,13 +290,13 @@ void gather_window(const Problem& pb, const acc_t* sample, Layout layout, int64_
       }
       return;
     }
-    const acc_t* src = sample + layout.at(offset, first);
-    if (channel_step == 1 && layout.channel_step == 1) {
+    const acc_t* src = sample + offset * pb.channels + first;
+    if (channel_step == 1) {
       std::copy_n(src, block, dst);
       return;
     }
     for (int64_t c = 0; c < block; ++c) {
-      dst[c * channel_step] = src[c * layout.channel_step];
+      dst[c * channel_step] = src[c];
     }
   });
 }
@@ -295,8 +304,8 @@ void gather_window(const Problem& pb, const acc_t* sample, Layout layout, int64_
 // The transpose of gather_window: adds `col` to the rows its window reads; taps in the padding
 // are dropped.
 template <bool kTapMajor, typename acc_t>
-void add_window(const Problem& pb, acc_t* sample, Layout layout, int64_t pixel, int64_t first,
-                int64_t block, const acc_t* col) {
+void add_window(const Problem& pb, acc_t* sample, int64_t pixel, int64_t first, int64_t block,
+                const acc_t* col) {
   const WindowOrder<kTapMajor> order{pb.taps(), block};
   const int64_t channel_step = order.channel_step();
   for_each_tap(pb, pixel, [&](int64_t t, int64_t offset) {
@@ -304,9 +313,9 @@ void add_window(const Problem& pb, acc_t* sample, Layout layout, int64_t pixel, 
       return;
     }
     const acc_t* src = col + t * order.tap_step();
-    acc_t* dst = sample + layout.at(offset, first);
+    acc_t* dst = sample + offset * pb.channels + first;
     for (int64_t c = 0; c < block; ++c) {
-      dst[c * layout.channel_step] += src[c * channel_step];
+      dst[c] += src[c * channel_step];
     }
   });
 }
@@ -336,20 +345,20 @@ void for_each_filter_value(const Problem& pb, int64_t first, int64_t block, cons
 }
 
 template <bool kTapMajor, typename acc_t>
-void gather_tile(const Problem& pb, const acc_t* sample, Layout layout, const int64_t* pixels,
-                 int64_t count, int64_t first, int64_t block, acc_t* cols) {
+void gather_tile(const Problem& pb, const acc_t* sample, const int64_t* pixels, int64_t count,
+                 int64_t first, int64_t block, acc_t* cols) {
   const int64_t width = block * pb.taps();
   for (int64_t i = 0; i < count; ++i) {
-    gather_window<kTapMajor>(pb, sample, layout, pixels[i], first, block, cols + i * width);
+    gather_window<kTapMajor>(pb, sample, pixels[i], first, block, cols + i * width);
   }
 }
 
 template <bool kTapMajor, typename acc_t>
-void add_tile(const Problem& pb, acc_t* sample, Layout layout, const int64_t* pixels,
-              int64_t count, int64_t first, int64_t block, const acc_t* grad_cols) {
+void add_tile(const Problem& pb, acc_t* sample, const int64_t* pixels, int64_t count,
+              int64_t first, int64_t block, const acc_t* grad_cols) {
   const int64_t width = block * pb.taps();
   for (int64_t i = 0; i < count; ++i) {
-    add_window<kTapMajor>(pb, sample, layout, pixels[i], first, block, grad_cols + i * width);
+    add_window<kTapMajor>(pb, sample, pixels[i], first, block, grad_cols + i * width);
   }
 }
 
@@ -366,92 +375,210 @@ Tensor matrix(T* data, int64_t rows, int64_t cols, int64_t ld) {
 }
 
 // Whether a call works on NCHW planes (see the top of this file): an NCHW input whose samples'
-// input and output fit in the cache together.
+// input and output fit in the cache together, or whose windows are short.
 bool works_on_planes(const Problem& pb, const Tensor& input) {
   const int64_t sample_values = pb.channels * pb.height * pb.width +
                                 pb.out_channels * pb.out_pixels();
   return conv_memory_format(input) == at::MemoryFormat::Contiguous &&
-         sample_values * at::elementSize(at::toOpMathType(input.scalar_type())) <=
-             kPlanarSampleBytes;
+         (pb.window() <= kPlanarWindow ||
+          sample_values * at::elementSize(at::toOpMathType(input.scalar_type())) <=
+              kPlanarSampleBytes);
 }
 
 at::MemoryFormat memory_format(bool planar) {
   return planar ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
 }
 
-// A (B, C, H, W) tensor in the computation's dtype as NCHW planes or channels-last rows: the
-// tensor itself where it is that already, else one converting copy.
-Tensor in_layout(const Tensor& tensor, at::ScalarType acc_type, bool planar) {
-  return tensor.to(acc_type).contiguous(memory_format(planar));
+// A (B, C, H, W) tensor in the computation's dtype as channels-last rows: the tensor itself
+// where it is that already, else one converting copy.
+Tensor as_rows(const Tensor& tensor, at::ScalarType acc_type) {
+  return tensor.to(acc_type).contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+template <typename acc_t>
+std::vector<acc_t> bias_values(const c10::optional<Tensor>& bias, int64_t out_channels) {
+  std::vector<acc_t> values(out_channels, acc_t(0));
+  if (bias.has_value() && bias->defined()) {
+    const Tensor bias_acc = bias->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    std::copy_n(bias_acc.data_ptr<acc_t>(), out_channels, values.begin());
+  }
+  return values;
+}
+
+// A run of one group's pixels: order[first:first + count] of group `group`.
+struct Run {
+  int64_t count, group, first;
+
+  bool operator>(const Run& other) const {
+    return std::tie(count, group, first) > std::tie(other.count, other.group, other.first);
+  }
+};
+
+// The forward pass's tasks: runs of at most a share of the call that leaves every thread
+// several tasks, so that the largest groups are split, and of whole tiles otherwise, so that a
+// converted or reordered filter is made once per task.
+std::vector<Run> forward_runs(const Problem& pb, const Groups& groups, int64_t tile) {
+  const int64_t share = pb.batch * pb.out_pixels() / (4 * at::get_num_threads()) + 1;
+  const int64_t length = std::max(tile, (share + tile - 1) / tile * tile);
+  std::vector<Run> runs;
+  for (int64_t g = 0; g < pb.groups(); ++g) {
+    for (int64_t i = groups.start[g]; i < groups.start[g + 1]; i += length) {
+      runs.push_back({std::min(length, groups.start[g + 1] - i), g, i});
+    }
+  }
+  return runs;
+}
+
+// A group's filter (O, C * taps) in the computation's dtype: in place, or converted into
+// `converted`.
+template <typename scalar_t, typename acc_t>
+const acc_t* filter_in(const scalar_t* filter, int64_t values, std::vector<acc_t>& converted) {
+  if constexpr (std::is_same<acc_t, scalar_t>::value) {
+    return filter;
+  } else {
+    std::transform(filter, filter + values, converted.begin(),
+                   [](scalar_t value) { return acc_t(value); });
+    return converted.data();
+  }
+}
+
+// Pixels of a tile on planes: as many as keep the larger of its gathered windows and its
+// products within kTileValues, whole vectors of columns.
+int64_t planar_tile_pixels(int64_t row_values) {
+  const int64_t pixels = std::clamp(kTileValues / std::max<int64_t>(row_values, 1),
+                                    drconv::small_gemm::kColumnMultiple, kMaxPlanarTilePixels);
+  return pixels / drconv::small_gemm::kColumnMultiple * drconv::small_gemm::kColumnMultiple;
+}
+
+// For a tile of output pixels, where each tap of their windows reads in a sample's (H, W)
+// raster: offsets[t * count + i] for tap t of pixel i, -1 in the padding.
+void tap_offsets(const Problem& pb, const int64_t* pixels, int64_t count, int64_t* offsets) {
+  for (int64_t i = 0; i < count; ++i) {
+    for_each_tap(pb, pixels[i], [&](int64_t t, int64_t offset) { offsets[t * count + i] = offset; });
+  }
+}
+
+// Channels [first, first + block) of a tile's windows from a sample's NCHW planes, in the
+// filter's order: value (c, t) of pixel i goes to out[((c - first) * taps + t) * value_step +
+// i * pixel_step]; zeros in the padding. Each (c, t) reads one plane, which is in the cache.
+template <typename scalar_t, typename acc_t>
+void gather_planes(const Problem& pb, const scalar_t* planes, const int64_t* offsets,
+                   int64_t count, int64_t first, int64_t block, int64_t value_step,
+                   int64_t pixel_step, acc_t* out) {
+  const int64_t plane = pb.height * pb.width, taps = pb.taps();
+  for (int64_t c = 0; c < block; ++c) {
+    const scalar_t* src = planes + (first + c) * plane;
+    for (int64_t t = 0; t < taps; ++t) {
+      const int64_t* offset = offsets + t * count;
+      acc_t* dst = out + (c * taps + t) * value_step;
+      for (int64_t i = 0; i < count; ++i) {
+        dst[i * pixel_step] = offset[i] < 0 ? acc_t(0) : acc_t(src[offset[i]]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void small_product(int64_t rows, int64_t columns, int64_t inner, const T* a, int64_t a_row,
+                   int64_t a_column, const T* b, int64_t ldb, T* c, int64_t ldc,
+                   bool accumulate) {
+  drconv::small_gemm::gemm(drconv::small_gemm::Operands<T>{
+      rows, columns, inner, a, a_row, a_column, b, ldb, c, ldc, accumulate});
 }
 
 template <typename scalar_t>
-void forward_kernel(const Problem& pb, const Tensor& input, const Tensor& weight,
-                    const Groups& groups, const c10::optional<Tensor>& bias, bool planar,
-                    Tensor& output) {
+void forward_planes(const Problem& pb, const Tensor& input, const Tensor& weight,
+                    const Groups& groups, const c10::optional<Tensor>& bias, Tensor& output) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kConvert = !std::is_same<acc_t, scalar_t>::value;
-  const Tensor rows = in_layout(input, c10::CppTypeToScalarType<acc_t>::value, planar);
+  const Tensor planes = input.contiguous();
+  const scalar_t* in = planes.data_ptr<scalar_t>();
+  const scalar_t* weight_data = weight.data_ptr<scalar_t>();
+  scalar_t* out = output.data_ptr<scalar_t>();
+  const int64_t window = pb.window(), out_channels = pb.out_channels;
+  const int64_t in_sample = pb.channels * pb.height * pb.width, out_plane = pb.out_pixels();
+  const std::vector<acc_t> bias_acc = bias_values<acc_t>(bias, out_channels);
+  const int64_t tile = planar_tile_pixels(std::max(window, out_channels));
+  const int64_t ld_tile = drconv::small_gemm::padded_columns(tile);
+  // In sample order, so that the threads work on a few samples at a time, which stay in the
+  // cache.
+  const std::vector<Run> runs = forward_runs(pb, groups, tile);
+  run_tasks(static_cast<int64_t>(runs.size()), [&] {
+    return [&, offsets = std::vector<int64_t>(pb.taps() * tile),
+            cols = std::vector<acc_t>(window * ld_tile),
+            products = std::vector<acc_t>(out_channels * ld_tile),
+            converted = std::vector<acc_t>(kConvert ? out_channels * window : 0)](
+               int64_t task) mutable {
+      const Run& run = runs[task];
+      const int64_t b = run.group / pb.regions;
+      const acc_t* filter =
+          filter_in(weight_data + run.group * out_channels * window, out_channels * window,
+                    converted);
+      for (int64_t first = run.first; first < run.first + run.count; first += tile) {
+        const int64_t count = std::min(tile, run.first + run.count - first);
+        const int64_t ld = drconv::small_gemm::padded_columns(count);
+        const int64_t* pixels = groups.order.data() + first;
+        tap_offsets(pb, pixels, count, offsets.data());
+        gather_planes(pb, in + b * in_sample, offsets.data(), count, 0, pb.channels, ld, 1,
+                      cols.data());
+        small_product(out_channels, count, window, filter, window, 1, cols.data(), ld,
+                      products.data(), ld, false);
+        for (int64_t o = 0; o < out_channels; ++o) {
+          scalar_t* dst = out + (b * out_channels + o) * out_plane;
+          const acc_t* src = products.data() + o * ld;
+          for (int64_t i = 0; i < count; ++i) {
+            dst[pixels[i]] = scalar_t(src[i] + bias_acc[o]);
+          }
+        }
+      }
+    };
+  });
+}
+
+template <typename scalar_t>
+void forward_rows(const Problem& pb, const Tensor& input, const Tensor& weight,
+                  const Groups& groups, const c10::optional<Tensor>& bias, Tensor& output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kConvert = !std::is_same<acc_t, scalar_t>::value;
+  const Tensor rows = as_rows(input, c10::CppTypeToScalarType<acc_t>::value);
   const acc_t* rows_data = rows.data_ptr<acc_t>();
-  const Layout in_map = rows_or_planes(planar, pb.channels, pb.height * pb.width);
-  const Layout out_map = rows_or_planes(planar, pb.out_channels, pb.out_pixels());
   const scalar_t* weight_data = weight.data_ptr<scalar_t>();
   const int64_t window = pb.window(), out_channels = pb.out_channels;
   const int64_t sample_values = pb.height * pb.width * pb.channels;
-
-  std::vector<acc_t> bias_values(out_channels, acc_t(0));
-  if (bias.has_value() && bias->defined()) {
-    const Tensor bias_acc = bias->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    std::copy_n(bias_acc.data_ptr<acc_t>(), out_channels, bias_values.begin());
-  }
-
-  // A task is a run of one group's pixels: at most a share of the call that leaves every
-  // thread several tasks, so that the largest groups are split, and tiles of the same filter
-  // otherwise, so that a converted or reordered filter is made once per task. Largest first,
-  // so that the small ones fill the gaps at the end; on planes in sample order instead, so that
-  // the threads work on a few samples at a time, which stay in the cache.
+  const std::vector<acc_t> bias_acc = bias_values<acc_t>(bias, out_channels);
   const int64_t tile = tile_pixels(window);
-  const int64_t share = pb.batch * pb.out_pixels() / (4 * at::get_num_threads()) + 1;
-  const int64_t run = std::max(tile, (share + tile - 1) / tile * tile);
-  std::vector<std::tuple<int64_t, int64_t, int64_t>> tasks;  // (count, group, first pixel)
-  for (int64_t g = 0; g < pb.groups(); ++g) {
-    for (int64_t i = groups.start[g]; i < groups.start[g + 1]; i += run) {
-      tasks.emplace_back(std::min(run, groups.start[g + 1] - i), g, i);
-    }
-  }
-  if (!planar) {
-    std::sort(tasks.begin(), tasks.end(), std::greater<>());
-  }
+  // Largest first, so that the small ones fill the gaps at the end.
+  std::vector<Run> runs = forward_runs(pb, groups, tile);
+  std::sort(runs.begin(), runs.end(), std::greater<>());
   scalar_t* out = output.data_ptr<scalar_t>();
   const int64_t stride_b = pb.out_pixels() * out_channels;
-  run_tasks(static_cast<int64_t>(tasks.size()), [&] {
+  run_tasks(static_cast<int64_t>(runs.size()), [&] {
     return [&, cols = std::vector<acc_t>(tile * window),
             products = std::vector<acc_t>(tile * out_channels),
             prepared = std::vector<acc_t>(out_channels * window)](int64_t task) mutable {
-      int64_t run_count, g, run_first;
-      std::tie(run_count, g, run_first) = tasks[task];
-      const int64_t b = g / pb.regions;
-      const bool tap_major = pb.tap_major(groups.size(g));
-      const scalar_t* source = weight_data + g * out_channels * window;
+      const Run& run = runs[task];
+      const int64_t b = run.group / pb.regions;
+      const bool tap_major = pb.tap_major(groups.size(run.group));
+      const scalar_t* source = weight_data + run.group * out_channels * window;
       const acc_t* filter = reinterpret_cast<const acc_t*>(source);
-      if (kConvert || pb.reorders_filter(groups.size(g))) {
+      if (kConvert || pb.reorders_filter(groups.size(run.group))) {
         const auto copy = [&](int64_t from, int64_t to) { prepared[to] = acc_t(source[from]); };
         DRCONV_BY_ORDER(tap_major, for_each_filter_value, pb, 0, pb.channels, copy);
         filter = prepared.data();
       }
-      for (int64_t first = run_first; first < run_first + run_count; first += tile) {
-        const int64_t count = std::min(tile, run_first + run_count - first);
+      for (int64_t first = run.first; first < run.first + run.count; first += tile) {
+        const int64_t count = std::min(tile, run.first + run.count - first);
         const int64_t* pixels = groups.order.data() + first;
-        DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, in_map, pixels,
+        DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, pixels,
                         count, 0, pb.channels, cols.data());
         Tensor tile_products = matrix(products.data(), count, out_channels, out_channels);
         at::mm_out(tile_products, matrix(cols.data(), count, window, window),
                    matrix(filter, out_channels, window, window).t());
         for (int64_t i = 0; i < count; ++i) {
-          scalar_t* dst = out + b * stride_b + out_map.at(pixels[i], 0);
+          scalar_t* dst = out + b * stride_b + pixels[i] * out_channels;
           const acc_t* src = products.data() + i * out_channels;
           for (int64_t o = 0; o < out_channels; ++o) {
-            dst[o * out_map.channel_step] = scalar_t(src[o] + bias_values[o]);
+            dst[o] = scalar_t(src[o] + bias_acc[o]);
           }
         }
       }
@@ -476,30 +603,154 @@ Tensor region_forward(const Tensor& input, const Tensor& weight, const Tensor& r
   const Groups groups = sort_by_region(pb, regions);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
                                   "drconv_region_forward", [&] {
-                                    forward_kernel<scalar_t>(pb, input, weight, groups, bias,
-                                                             planar, output);
+                                    if (planar) {
+                                      forward_planes<scalar_t>(pb, input, weight, groups, bias,
+                                                               output);
+                                    } else {
+                                      forward_rows<scalar_t>(pb, input, weight, groups, bias,
+                                                             output);
+                                    }
                                   });
   return output.contiguous(conv_memory_format(input));
 }
 
-// Input and weight gradients. A task is (sample, block of input channels): it owns those
-// channels of the sample's input gradient and of its m filters' gradients, so no two tasks
-// write the same value. Overlapping windows (kernel larger than stride) add to the same input
-// rows, which within one task happens in order; tasks over pixels would race there, and
-// per-thread copies of the input gradient would cost a full-size buffer per thread. All tasks
-// have the same number of pixels, so they are evenly sized; channel blocks are cut finer where
-// the samples alone are too few for the threads.
+// The backward pass's tasks are (sample, block of input channels): a task owns those channels
+// of the sample's input gradient and of its m filters' gradients, so no two tasks write the same
+// value. Overlapping windows (kernel larger than stride) add to the same input values, which
+// within one task happens in order; tasks over pixels would race there, and per-thread copies
+// of the input gradient would cost a full-size buffer per thread. All tasks have the same
+// number of pixels, so they are evenly sized; channel blocks are cut finer where the samples
+// alone are too few for the threads.
+struct ChannelBlocks {
+  int64_t size, count;
+};
+
+ChannelBlocks channel_blocks(const Problem& pb) {
+  const int64_t wanted = std::min(std::max<int64_t>(1, pb.channels / kMinBlockChannels),
+                                  (at::get_num_threads() + pb.batch - 1) / pb.batch);
+  const int64_t size = (pb.channels + wanted - 1) / wanted;
+  return {size, (pb.channels + size - 1) / size};
+}
+
+// Zeros channels [first, first + block) of a filter gradient (O, C * taps): a region without
+// pixels has a zero gradient.
 template <typename scalar_t>
-void backward_kernel(const Problem& pb, const Tensor& input, const Tensor& weight,
-                     const Groups& groups, const Tensor& grad_output, bool planar,
-                     Tensor* grad_rows, Tensor* grad_weight) {
+void zero_filter_block(const Problem& pb, scalar_t* grad_filter, int64_t first, int64_t block) {
+  for (int64_t o = 0; o < pb.out_channels; ++o) {
+    std::fill_n(grad_filter + o * pb.window() + first * pb.taps(), block * pb.taps(),
+                scalar_t(0));
+  }
+}
+
+// On planes: a tile's output gradients as columns, products by small_gemm.h, the input
+// gradient added to the planes of the computation's dtype in `grad_planes`.
+template <typename scalar_t>
+void backward_planes(const Problem& pb, const Tensor& input, const Tensor& weight,
+                     const Groups& groups, const Tensor& grad_output, Tensor* grad_planes,
+                     Tensor* grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kConvert = !std::is_same<acc_t, scalar_t>::value;
+  const Tensor planes = input.contiguous();
+  const Tensor grad_out_planes = grad_output.contiguous();
+  const scalar_t* in = planes.data_ptr<scalar_t>();
+  const scalar_t* grad_out = grad_out_planes.data_ptr<scalar_t>();
+  const scalar_t* weight_data = weight.data_ptr<scalar_t>();
+  acc_t* grad_in = grad_planes ? grad_planes->data_ptr<acc_t>() : nullptr;
+  scalar_t* grad_weight_data = grad_weight ? grad_weight->data_ptr<scalar_t>() : nullptr;
+  const int64_t taps = pb.taps(), window = pb.window(), out_channels = pb.out_channels;
+  const int64_t in_plane = pb.height * pb.width, out_plane = pb.out_pixels();
+  const ChannelBlocks blocks = channel_blocks(pb);
+  const int64_t block_width = blocks.size * taps;
+  const int64_t tile = planar_tile_pixels(std::max(block_width, out_channels));
+  const int64_t ld_tile = drconv::small_gemm::padded_columns(tile);
+  const int64_t ld_width = drconv::small_gemm::padded_columns(block_width);
+
+  run_tasks(pb.batch * blocks.count, [&] {
+    return [&, offsets = std::vector<int64_t>(taps * tile),
+            grads = std::vector<acc_t>(out_channels * ld_tile),
+            cols = std::vector<acc_t>(grad_weight ? tile * ld_width : 0),
+            grad_cols = std::vector<acc_t>(grad_planes ? block_width * ld_tile : 0),
+            converted = std::vector<acc_t>(kConvert && grad_planes ? out_channels * window : 0),
+            grad_filter = std::vector<acc_t>(grad_weight ? out_channels * ld_width : 0)](
+               int64_t task) mutable {
+      const int64_t b = task / blocks.count, first = (task % blocks.count) * blocks.size;
+      const int64_t channels = std::min(blocks.size, pb.channels - first);
+      const int64_t width = channels * taps;
+      for (int64_t r = 0; r < pb.regions; ++r) {
+        const int64_t g = b * pb.regions + r;
+        scalar_t* grad_filter_dest =
+            grad_weight ? grad_weight_data + g * out_channels * window : nullptr;
+        if (groups.size(g) == 0) {
+          if (grad_weight) {
+            zero_filter_block(pb, grad_filter_dest, first, channels);
+          }
+          continue;
+        }
+        const acc_t* filter = nullptr;
+        if (grad_planes) {
+          filter = filter_in(weight_data + g * out_channels * window, out_channels * window,
+                             converted) +
+                   first * taps;
+        }
+        for (int64_t start = groups.start[g]; start < groups.start[g + 1]; start += tile) {
+          const int64_t count = std::min(tile, groups.start[g + 1] - start);
+          const int64_t ld = drconv::small_gemm::padded_columns(count);
+          const int64_t* pixels = groups.order.data() + start;
+          tap_offsets(pb, pixels, count, offsets.data());
+          for (int64_t o = 0; o < out_channels; ++o) {
+            const scalar_t* src = grad_out + (b * out_channels + o) * out_plane;
+            acc_t* dst = grads.data() + o * ld;
+            for (int64_t i = 0; i < count; ++i) {
+              dst[i] = acc_t(src[pixels[i]]);
+            }
+          }
+          if (grad_weight) {
+            gather_planes(pb, in + b * pb.channels * in_plane, offsets.data(), count, first,
+                          channels, 1, ld_width, cols.data());
+            small_product(out_channels, width, count, grads.data(), ld, 1, cols.data(), ld_width,
+                          grad_filter.data(), ld_width, start != groups.start[g]);
+          }
+          if (grad_planes) {
+            small_product(width, count, out_channels, filter, 1, window, grads.data(), ld,
+                          grad_cols.data(), ld, false);
+            for (int64_t c = 0; c < channels; ++c) {
+              acc_t* plane = grad_in + (b * pb.channels + first + c) * in_plane;
+              for (int64_t t = 0; t < taps; ++t) {
+                const acc_t* src = grad_cols.data() + (c * taps + t) * ld;
+                const int64_t* offset = offsets.data() + t * count;
+                for (int64_t i = 0; i < count; ++i) {
+                  if (offset[i] >= 0) {
+                    plane[offset[i]] += src[i];
+                  }
+                }
+              }
+            }
+          }
+        }
+        if (grad_weight) {
+          for (int64_t o = 0; o < out_channels; ++o) {
+            std::transform(grad_filter.data() + o * ld_width,
+                           grad_filter.data() + o * ld_width + width,
+                           grad_filter_dest + o * window + first * taps,
+                           [](acc_t value) { return scalar_t(value); });
+          }
+        }
+      }
+    };
+  });
+}
+
+// On rows: tiles of windows gathered as rows, at::mm, the input gradient added to channels-last
+// rows of the computation's dtype in `grad_rows`.
+template <typename scalar_t>
+void backward_rows(const Problem& pb, const Tensor& input, const Tensor& weight,
+                   const Groups& groups, const Tensor& grad_output, Tensor* grad_rows,
+                   Tensor* grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kConvert = !std::is_same<acc_t, scalar_t>::value;
   constexpr at::ScalarType kAccType = c10::CppTypeToScalarType<acc_t>::value;
-  const Tensor rows = in_layout(input, kAccType, planar);
-  const Tensor grad_output_rows = in_layout(grad_output, kAccType, planar);
-  const Layout in_map = rows_or_planes(planar, pb.channels, pb.height * pb.width);
-  const Layout out_map = rows_or_planes(planar, pb.out_channels, pb.out_pixels());
+  const Tensor rows = as_rows(input, kAccType);
+  const Tensor grad_output_rows = as_rows(grad_output, kAccType);
   const acc_t* rows_data = rows.data_ptr<acc_t>();
   const acc_t* grad_out = grad_output_rows.data_ptr<acc_t>();
   acc_t* grad_rows_data = grad_rows ? grad_rows->data_ptr<acc_t>() : nullptr;
@@ -507,32 +758,27 @@ void backward_kernel(const Problem& pb, const Tensor& input, const Tensor& weigh
   const scalar_t* weight_data = weight.data_ptr<scalar_t>();
   const int64_t taps = pb.taps(), window = pb.window(), out_channels = pb.out_channels;
   const int64_t sample_values = pb.height * pb.width * pb.channels;
-
-  const int64_t blocks_wanted = std::min(std::max<int64_t>(1, pb.channels / kMinBlockChannels),
-                                         (at::get_num_threads() + pb.batch - 1) / pb.batch);
-  const int64_t block = (pb.channels + blocks_wanted - 1) / blocks_wanted;
-  const int64_t num_blocks = (pb.channels + block - 1) / block;
-  const int64_t block_width = block * taps;
+  const ChannelBlocks blocks = channel_blocks(pb);
+  const int64_t block_width = blocks.size * taps;
   const int64_t tile = tile_pixels(std::max(block_width, out_channels));
 
-  run_tasks(pb.batch * num_blocks, [&] {
+  run_tasks(pb.batch * blocks.count, [&] {
     return [&, cols = std::vector<acc_t>(tile * block_width),
             grads = std::vector<acc_t>(tile * out_channels),
             grad_cols = std::vector<acc_t>(grad_rows ? tile * block_width : 0),
             filter_block = std::vector<acc_t>(out_channels * block_width),
             grad_filter_block = std::vector<acc_t>(out_channels * block_width)](
                int64_t task) mutable {
-      const int64_t b = task / num_blocks, first = (task % num_blocks) * block;
-      const int64_t channels = std::min(block, pb.channels - first), width = channels * taps;
+      const int64_t b = task / blocks.count, first = (task % blocks.count) * blocks.size;
+      const int64_t channels = std::min(blocks.size, pb.channels - first);
+      const int64_t width = channels * taps;
       for (int64_t r = 0; r < pb.regions; ++r) {
         const int64_t g = b * pb.regions + r, count_all = groups.size(g);
         const scalar_t* filter_source = weight_data + g * out_channels * window;
         scalar_t* grad_filter_dest = grad_weight_data + g * out_channels * window;
         if (count_all == 0) {
-          if (grad_weight) {  // a region without pixels has a zero gradient
-            for (int64_t o = 0; o < out_channels; ++o) {
-              std::fill_n(grad_filter_dest + o * window + first * taps, width, scalar_t(0));
-            }
+          if (grad_weight) {
+            zero_filter_block(pb, grad_filter_dest, first, channels);
           }
           continue;
         }
@@ -556,21 +802,13 @@ void backward_kernel(const Problem& pb, const Tensor& input, const Tensor& weigh
           const int64_t count = std::min(tile, groups.start[g + 1] - start);
           const int64_t* pixels = groups.order.data() + start;
           for (int64_t i = 0; i < count; ++i) {
-            const acc_t* src = grad_out + b * pb.out_pixels() * out_channels +
-                               out_map.at(pixels[i], 0);
-            acc_t* dst = grads.data() + i * out_channels;
-            if (out_map.channel_step == 1) {
-              std::copy_n(src, out_channels, dst);
-            } else {
-              for (int64_t o = 0; o < out_channels; ++o) {
-                dst[o] = src[o * out_map.channel_step];
-              }
-            }
+            std::copy_n(grad_out + (b * pb.out_pixels() + pixels[i]) * out_channels,
+                        out_channels, grads.data() + i * out_channels);
           }
           const Tensor tile_grads = matrix(grads.data(), count, out_channels, out_channels);
           if (grad_weight) {
-            DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, in_map,
-                            pixels, count, first, channels, cols.data());
+            DRCONV_BY_ORDER(tap_major, gather_tile, pb, rows_data + b * sample_values, pixels,
+                            count, first, channels, cols.data());
             Tensor tile_grad_filter = matrix(grad_filter, out_channels, width, ld);
             const Tensor tile_cols = matrix(cols.data(), count, width, width);
             if (start == groups.start[g]) {
@@ -582,8 +820,8 @@ void backward_kernel(const Problem& pb, const Tensor& input, const Tensor& weigh
           if (grad_rows) {
             Tensor tile_grad_cols = matrix(grad_cols.data(), count, width, width);
             at::mm_out(tile_grad_cols, tile_grads, matrix(filter, out_channels, width, ld));
-            DRCONV_BY_ORDER(tap_major, add_tile, pb, grad_rows_data + b * sample_values, in_map,
-                            pixels, count, first, channels, grad_cols.data());
+            DRCONV_BY_ORDER(tap_major, add_tile, pb, grad_rows_data + b * sample_values, pixels,
+                            count, first, channels, grad_cols.data());
           }
         }
         if (grad_weight && !in_place) {
@@ -597,30 +835,37 @@ void backward_kernel(const Problem& pb, const Tensor& input, const Tensor& weigh
   });
 }
 
+void check_grad_output(const Problem& pb, const Tensor& grad_output, const Tensor& input) {
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == pb.batch &&
+                  grad_output.size(1) == pb.out_channels && grad_output.size(2) == pb.out_h &&
+                  grad_output.size(3) == pb.out_w && grad_output.scalar_type() ==
+                  input.scalar_type() && grad_output.device().is_cpu(),
+              "grad_output must be of shape (", pb.batch, ", ", pb.out_channels, ", ", pb.out_h,
+              ", ", pb.out_w, "), dtype ", input.scalar_type(), " and on the CPU, but got ",
+              grad_output.sizes(), ", ", grad_output.scalar_type(), " and ",
+              grad_output.device());
+}
+
 std::tuple<c10::optional<Tensor>, c10::optional<Tensor>> region_backward(
     const Tensor& grad_output, const Tensor& input, const Tensor& weight, const Tensor& regions,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool need_input,
     bool need_weight) {
   const Problem pb = make_problem(input, weight, regions, stride, padding, dilation);
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == pb.batch &&
-                  grad_output.size(1) == pb.out_channels && grad_output.size(2) == pb.out_h &&
-                  grad_output.size(3) == pb.out_w && grad_output.scalar_type() ==
-                  input.scalar_type(),
-              "grad_output must be of shape (", pb.batch, ", ", pb.out_channels, ", ", pb.out_h,
-              ", ", pb.out_w, ") and dtype ", input.scalar_type(), ", but got ",
-              grad_output.sizes(), " and ", grad_output.scalar_type());
+  check_grad_output(pb, grad_output, input);
   const at::ScalarType dtype = input.scalar_type();
   const at::ScalarType acc_type = at::toOpMathType(dtype);
   const at::MemoryFormat input_format = conv_memory_format(input);
   // The input gradient is accumulated in the input map's layout (planes or rows) of the
   // computation's dtype: in the result itself where that is such a tensor.
   const bool planar = works_on_planes(pb, input);
-  const bool rows_are_result = acc_type == dtype && input_format == memory_format(planar);
-  Tensor grad_rows, grad_weight;
+  const bool accumulates_in_result = acc_type == dtype && input_format == memory_format(planar);
+  Tensor grad_accumulated, grad_weight;
   if (need_input) {
-    grad_rows = at::empty(input.sizes(),
-                          input.options().dtype(acc_type).memory_format(memory_format(planar)))
-                    .zero_();
+    // at::zeros takes no memory format
+    grad_accumulated =
+        at::empty(input.sizes(),
+                  input.options().dtype(acc_type).memory_format(memory_format(planar)))
+            .zero_();
   }
   if (need_weight) {
     // Every value is written: products of a region's pixels, zeros for a region without any.
@@ -628,21 +873,109 @@ std::tuple<c10::optional<Tensor>, c10::optional<Tensor>> region_backward(
   }
   if ((need_input || need_weight) && grad_output.numel() > 0 && pb.channels > 0) {
     const Groups groups = sort_by_region(pb, regions);
+    Tensor* grad_input_ptr = need_input ? &grad_accumulated : nullptr;
+    Tensor* grad_weight_ptr = need_weight ? &grad_weight : nullptr;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "drconv_region_backward", [&] {
-      backward_kernel<scalar_t>(pb, input, weight, groups, grad_output, planar,
-                                need_input ? &grad_rows : nullptr,
-                                need_weight ? &grad_weight : nullptr);
+      if (planar) {
+        backward_planes<scalar_t>(pb, input, weight, groups, grad_output, grad_input_ptr,
+                                  grad_weight_ptr);
+      } else {
+        backward_rows<scalar_t>(pb, input, weight, groups, grad_output, grad_input_ptr,
+                                grad_weight_ptr);
+      }
     });
   }
   c10::optional<Tensor> grad_input;
   if (need_input) {
-    grad_input = rows_are_result ? grad_rows : grad_rows.to(dtype).contiguous(input_format);
+    grad_input = accumulates_in_result ? grad_accumulated
+                                       : grad_accumulated.to(dtype).contiguous(input_format);
   }
   c10::optional<Tensor> grad_weight_result;
   if (need_weight) {
     grad_weight_result = grad_weight;
   }
   return {grad_input, grad_weight_result};
+}
+
+// The guide's straight-through gradient needs every region's response at every pixel (Eq. 7):
+// dots[b, j, p] = <grad_output[b, :, p], weight[b, j] window(b, p)>, m convolutions of work. On
+// planes a tile of a sample's pixels (in raster order, all regions alike) is gathered once, and
+// each region's responses are a small product whose dot products with the tile's output
+// gradients are taken while both are in the cache. Off the planes the maps are large, and a
+// backend's grouped convolutions over whole maps are faster: the result is then None.
+template <typename scalar_t>
+void guide_dots_planes(const Problem& pb, const Tensor& input, const Tensor& weight,
+                       const Tensor& grad_output, Tensor& dots) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kConvert = !std::is_same<acc_t, scalar_t>::value;
+  const Tensor planes = input.contiguous();
+  const Tensor grad_out_planes = grad_output.contiguous();
+  const scalar_t* in = planes.data_ptr<scalar_t>();
+  const scalar_t* grad_out = grad_out_planes.data_ptr<scalar_t>();
+  const scalar_t* weight_data = weight.data_ptr<scalar_t>();
+  acc_t* dots_data = dots.data_ptr<acc_t>();
+  const int64_t window = pb.window(), out_channels = pb.out_channels;
+  const int64_t in_sample = pb.channels * pb.height * pb.width, out_plane = pb.out_pixels();
+  const int64_t filters = pb.regions * out_channels * window;
+  const int64_t tile = planar_tile_pixels(std::max(window, out_channels));
+  const int64_t ld_tile = drconv::small_gemm::padded_columns(tile);
+  const int64_t tiles = (out_plane + tile - 1) / tile;
+  run_tasks(pb.batch * tiles, [&] {
+    return [&, pixels = std::vector<int64_t>(tile), offsets = std::vector<int64_t>(pb.taps() * tile),
+            cols = std::vector<acc_t>(window * ld_tile),
+            grads = std::vector<acc_t>(out_channels * ld_tile),
+            responses = std::vector<acc_t>(out_channels * ld_tile),
+            converted = std::vector<acc_t>(kConvert ? filters : 0)](int64_t task) mutable {
+      const int64_t b = task / tiles, first = (task % tiles) * tile;
+      const int64_t count = std::min(tile, out_plane - first);
+      const int64_t ld = drconv::small_gemm::padded_columns(count);
+      for (int64_t i = 0; i < count; ++i) {
+        pixels[i] = first + i;
+      }
+      tap_offsets(pb, pixels.data(), count, offsets.data());
+      gather_planes(pb, in + b * in_sample, offsets.data(), count, 0, pb.channels, ld, 1,
+                    cols.data());
+      for (int64_t o = 0; o < out_channels; ++o) {
+        const scalar_t* src = grad_out + (b * out_channels + o) * out_plane + first;
+        std::transform(src, src + count, grads.data() + o * ld,
+                       [](scalar_t value) { return acc_t(value); });
+      }
+      const acc_t* sample_filters = filter_in(weight_data + b * filters, filters, converted);
+      for (int64_t r = 0; r < pb.regions; ++r) {
+        small_product(out_channels, count, window, sample_filters + r * out_channels * window,
+                      window, 1, cols.data(), ld, responses.data(), ld, false);
+        acc_t* dst = dots_data + (b * pb.regions + r) * out_plane + first;
+        std::fill_n(dst, count, acc_t(0));
+        for (int64_t o = 0; o < out_channels; ++o) {
+          const acc_t* response = responses.data() + o * ld;
+          const acc_t* grad = grads.data() + o * ld;
+          for (int64_t i = 0; i < count; ++i) {
+            dst[i] += response[i] * grad[i];
+          }
+        }
+      }
+    };
+  });
+}
+
+c10::optional<Tensor> guide_dots(const Tensor& grad_output, const Tensor& input,
+                                 const Tensor& weight, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const Problem pb = make_problem(input, weight, c10::nullopt, stride, padding, dilation);
+  check_grad_output(pb, grad_output, input);
+  if (!works_on_planes(pb, input)) {
+    return c10::nullopt;
+  }
+  Tensor dots = at::empty({pb.batch, pb.regions, pb.out_h, pb.out_w},
+                          input.options().dtype(at::toOpMathType(input.scalar_type())));
+  if (dots.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
+                                    "drconv_guide_dots", [&] {
+                                      guide_dots_planes<scalar_t>(pb, input, weight, grad_output,
+                                                                  dots);
+                                    });
+  }
+  return dots;
 }
 
 }  // namespace
@@ -653,12 +986,18 @@ TORCH_LIBRARY(drconv_cpu, m) {
   m.def("region_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor regions, "
         "int[] stride, int[] padding, int[] dilation, bool need_input, bool need_weight) "
         "-> (Tensor?, Tensor?)");
+  m.def("guide_dots(Tensor grad_output, Tensor input, Tensor weight, int[] stride, "
+        "int[] padding, int[] dilation) -> Tensor?");
 }
 
 TORCH_LIBRARY_IMPL(drconv_cpu, CPU, m) {
   m.impl("region_forward", &region_forward);
   m.impl("region_backward", &region_backward);
+  m.impl("guide_dots", &guide_dots);
 }
 
-// The ops are registered when the library loads; the module only makes it importable.
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}
+// The ops are registered when the library loads; the module makes it importable, and tells which
+// instruction set small_gemm.h's products use in this process.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("instruction_set", &drconv::small_gemm::instruction_set_name);
+}
