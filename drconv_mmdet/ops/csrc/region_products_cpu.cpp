@@ -548,34 +548,48 @@ void forward_planes(const Problem& pb, const Tensor& input, const Tensor& weight
   const std::vector<acc_t> bias_acc = bias_values<acc_t>(bias, out_channels);
   const int64_t tile = planar_tile_pixels(std::max(window, out_channels));
   const int64_t ld_tile = drconv::small_gemm::padded_columns(tile);
-  // In sample order, so that the threads work on a few samples at a time, which stay in the
-  // cache.
+  // Runs are in sample order, so that the threads work on a few samples at a time, which stay
+  // in the cache. A sample's groups write to the same cache lines of its output planes (their
+  // pixels interleave), so where the samples are enough to keep every thread busy, a task is a
+  // whole sample: two threads writing one line would pass it back and forth between their
+  // caches.
   const std::vector<Run> runs = forward_runs(pb, groups, tile);
-  run_tasks(static_cast<int64_t>(runs.size()), [&] {
+  std::vector<int64_t> task_runs;  // task t runs runs[task_runs[t]:task_runs[t + 1]]
+  const bool whole_samples = pb.batch >= 2 * at::get_num_threads();
+  for (int64_t i = 0; i < static_cast<int64_t>(runs.size()); ++i) {
+    if (!whole_samples || i == 0 ||
+        runs[i].group / pb.regions != runs[i - 1].group / pb.regions) {
+      task_runs.push_back(i);
+    }
+  }
+  task_runs.push_back(static_cast<int64_t>(runs.size()));
+  run_tasks(static_cast<int64_t>(task_runs.size()) - 1, [&] {
     return [&, offsets = std::vector<int64_t>(pb.taps() * tile),
             cols = std::vector<acc_t>(window * ld_tile),
             products = std::vector<acc_t>(out_channels * ld_tile),
             converted = std::vector<acc_t>(kConvert ? out_channels * window : 0)](
                int64_t task) mutable {
-      const Run& run = runs[task];
-      const int64_t b = run.group / pb.regions;
-      const acc_t* filter =
-          filter_in(weight_data + run.group * out_channels * window, out_channels * window,
-                    converted);
-      for (int64_t first = run.first; first < run.first + run.count; first += tile) {
-        const int64_t count = std::min(tile, run.first + run.count - first);
-        const int64_t ld = drconv::small_gemm::padded_columns(count);
-        const int64_t* pixels = groups.order.data() + first;
-        tap_offsets(pb, pixels, count, offsets.data());
-        gather_planes(pb, in + b * in_sample, offsets.data(), count, 0, pb.channels, ld, 1,
-                      cols.data());
-        small_product(out_channels, count, window, filter, window, 1, cols.data(), ld,
-                      products.data(), ld, false);
-        for (int64_t o = 0; o < out_channels; ++o) {
-          scalar_t* dst = out + (b * out_channels + o) * out_plane;
-          const acc_t* src = products.data() + o * ld;
-          for (int64_t i = 0; i < count; ++i) {
-            dst[pixels[i]] = scalar_t(src[i] + bias_acc[o]);
+      for (int64_t r = task_runs[task]; r < task_runs[task + 1]; ++r) {
+        const Run& run = runs[r];
+        const int64_t b = run.group / pb.regions;
+        const acc_t* filter =
+            filter_in(weight_data + run.group * out_channels * window, out_channels * window,
+                      converted);
+        for (int64_t first = run.first; first < run.first + run.count; first += tile) {
+          const int64_t count = std::min(tile, run.first + run.count - first);
+          const int64_t ld = drconv::small_gemm::padded_columns(count);
+          const int64_t* pixels = groups.order.data() + first;
+          tap_offsets(pb, pixels, count, offsets.data());
+          gather_planes(pb, in + b * in_sample, offsets.data(), count, 0, pb.channels, ld, 1,
+                        cols.data());
+          small_product(out_channels, count, window, filter, window, 1, cols.data(), ld,
+                        products.data(), ld, false);
+          for (int64_t o = 0; o < out_channels; ++o) {
+            scalar_t* dst = out + (b * out_channels + o) * out_plane;
+            const acc_t* src = products.data() + o * ld;
+            for (int64_t i = 0; i < count; ++i) {
+              dst[pixels[i]] = scalar_t(src[i] + bias_acc[o]);
+            }
           }
         }
       }
