@@ -704,6 +704,33 @@ void zero_filter_block(const Problem& pb, scalar_t* grad_filter, int64_t first, 
   }
 }
 
+// The NCHW planes that the gradients on planes read: the input and the output gradient.
+template <typename scalar_t>
+struct GradientPlanes {
+  const Tensor input, grad_output;
+  const scalar_t* in;
+  const scalar_t* grad_out;
+
+  GradientPlanes(const Tensor& input_, const Tensor& grad_output_)
+      : input(input_.contiguous()),
+        grad_output(grad_output_.contiguous()),
+        in(input.data_ptr<scalar_t>()),
+        grad_out(grad_output.data_ptr<scalar_t>()) {}
+
+  // The output gradients of a tile of sample b's pixels as columns: grads[o * ld + i].
+  template <typename acc_t>
+  void gather_grads(const Problem& pb, int64_t b, const int64_t* pixels, int64_t count,
+                    int64_t ld, acc_t* grads) const {
+    for (int64_t o = 0; o < pb.out_channels; ++o) {
+      const scalar_t* src = grad_out + (b * pb.out_channels + o) * pb.out_pixels();
+      acc_t* dst = grads + o * ld;
+      for (int64_t i = 0; i < count; ++i) {
+        dst[i] = acc_t(src[pixels[i]]);
+      }
+    }
+  }
+};
+
 // On planes: a tile's output gradients as columns, products by small_gemm.h, the input
 // gradient added to the planes of the computation's dtype in `grad_planes`.
 template <typename scalar_t>
@@ -712,15 +739,12 @@ void backward_planes(const Problem& pb, const Tensor& input, const Tensor& weigh
                      Tensor* grad_weight) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kConvert = !std::is_same<acc_t, scalar_t>::value;
-  const Tensor planes = input.contiguous();
-  const Tensor grad_out_planes = grad_output.contiguous();
-  const scalar_t* in = planes.data_ptr<scalar_t>();
-  const scalar_t* grad_out = grad_out_planes.data_ptr<scalar_t>();
+  const GradientPlanes<scalar_t> planes(input, grad_output);
   const scalar_t* weight_data = weight.data_ptr<scalar_t>();
   acc_t* grad_in = grad_planes ? grad_planes->data_ptr<acc_t>() : nullptr;
   scalar_t* grad_weight_data = grad_weight ? grad_weight->data_ptr<scalar_t>() : nullptr;
   const int64_t taps = pb.taps(), window = pb.window(), out_channels = pb.out_channels;
-  const int64_t in_plane = pb.height * pb.width, out_plane = pb.out_pixels();
+  const int64_t in_plane = pb.height * pb.width;
   const ChannelBlocks blocks = channel_blocks(pb);
   const int64_t block_width = blocks.size * taps;
   const int64_t tile = planar_tile_pixels(std::max(block_width, out_channels));
@@ -759,15 +783,9 @@ void backward_planes(const Problem& pb, const Tensor& input, const Tensor& weigh
           const int64_t ld = drconv::small_gemm::padded_columns(count);
           const int64_t* pixels = groups.order.data() + start;
           tap_offsets(pb, pixels, count, offsets.data());
-          for (int64_t o = 0; o < out_channels; ++o) {
-            const scalar_t* src = grad_out + (b * out_channels + o) * out_plane;
-            acc_t* dst = grads.data() + o * ld;
-            for (int64_t i = 0; i < count; ++i) {
-              dst[i] = acc_t(src[pixels[i]]);
-            }
-          }
+          planes.gather_grads(pb, b, pixels, count, ld, grads.data());
           if (grad_weight) {
-            gather_planes(pb, in + b * pb.channels * in_plane, offsets.data(), count, first,
+            gather_planes(pb, planes.in + b * pb.channels * in_plane, offsets.data(), count, first,
                           channels, 1, ld_width, cols.data());
             small_product(out_channels, width, count, grads.data(), ld, 1, cols.data(), ld_width,
                           grad_filter.data(), ld_width, start != groups.start[g]);
@@ -970,10 +988,7 @@ void guide_dots_planes(const Problem& pb, const Tensor& input, const Tensor& wei
                        const Tensor& grad_output, Tensor& dots) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kConvert = !std::is_same<acc_t, scalar_t>::value;
-  const Tensor planes = input.contiguous();
-  const Tensor grad_out_planes = grad_output.contiguous();
-  const scalar_t* in = planes.data_ptr<scalar_t>();
-  const scalar_t* grad_out = grad_out_planes.data_ptr<scalar_t>();
+  const GradientPlanes<scalar_t> planes(input, grad_output);
   const scalar_t* weight_data = weight.data_ptr<scalar_t>();
   acc_t* dots_data = dots.data_ptr<acc_t>();
   const int64_t window = pb.window(), out_channels = pb.out_channels;
@@ -995,13 +1010,9 @@ void guide_dots_planes(const Problem& pb, const Tensor& input, const Tensor& wei
         pixels[i] = first + i;
       }
       tap_offsets(pb, pixels.data(), count, offsets.data());
-      gather_planes(pb, in + b * in_sample, offsets.data(), count, 0, pb.channels, ld, 1,
+      gather_planes(pb, planes.in + b * in_sample, offsets.data(), count, 0, pb.channels, ld, 1,
                     cols.data());
-      for (int64_t o = 0; o < out_channels; ++o) {
-        const scalar_t* src = grad_out + (b * out_channels + o) * out_plane + first;
-        std::transform(src, src + count, grads.data() + o * ld,
-                       [](scalar_t value) { return acc_t(value); });
-      }
+      planes.gather_grads(pb, b, pixels.data(), count, ld, grads.data());
       const acc_t* sample_filters = filter_in(weight_data + b * filters, filters, converted);
       for (int64_t r = 0; r < pb.regions; ++r) {
         small_product(out_channels, count, window, sample_filters + r * out_channels * window,
