@@ -82,8 +82,7 @@ def test_matches_pytorch_kernels(shape, threads, monkeypatch):
 # The kernels work on NCHW planes where a sample's float32 input and output take at most
 # PLANAR_SAMPLE_BYTES, or a window at most PLANAR_WINDOW values (kPlanarSampleBytes and
 # kPlanarWindow in the .cpp). LARGE's samples and windows are larger: they take channels-last
-# rows (an NCHW map is transposed to rows and back in blocks, which its odd sizes do not fill);
-# LONG_MAP's samples are larger, its windows short: planes.
+# rows; LONG_MAP's samples are larger, its windows short: planes.
 PLANAR_SAMPLE_BYTES = 1 << 19
 PLANAR_WINDOW = 512
 LARGE = (2, 70, 9, 3, (41, 47), (3, 3), (1, 1), (1, 1), (1, 1))

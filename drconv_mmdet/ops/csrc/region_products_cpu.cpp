@@ -389,58 +389,10 @@ at::MemoryFormat memory_format(bool planar) {
   return planar ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
 }
 
-// Transposes every sample's (rows, cols) matrix of `src` into `dst`, converting its values, in
-// square blocks that fit in the L1 cache: reads and writes both stay sequential within a block.
-template <typename src_t, typename dst_t>
-void transpose_samples(const src_t* src, dst_t* dst, int64_t batch, int64_t rows,
-                       int64_t cols) {
-  constexpr int64_t kBlock = 32;
-  const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
-  const int64_t col_blocks = (cols + kBlock - 1) / kBlock;
-  at::parallel_for(0, batch * row_blocks * col_blocks, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t index = begin; index < end; ++index) {
-      const int64_t b = index / (row_blocks * col_blocks);
-      const int64_t row = (index / col_blocks) % row_blocks * kBlock;
-      const int64_t col = index % col_blocks * kBlock;
-      const src_t* from = src + b * rows * cols;
-      dst_t* to = dst + b * rows * cols;
-      for (int64_t r = row; r < std::min(row + kBlock, rows); ++r) {
-        for (int64_t c = col; c < std::min(col + kBlock, cols); ++c) {
-          to[c * rows + r] = dst_t(from[r * cols + c]);
-        }
-      }
-    }
-  });
-}
-
-// A (B, C, H, W) tensor in `dtype` and `format` (NCHW planes or channels-last rows): the tensor
-// itself where it is that already. Between the two layouts ATen's copy walks one of them with
-// a stride of a whole plane, a cache miss per value on large maps; a blocked transposition does
-// not.
-Tensor in_layout(const Tensor& tensor, at::ScalarType dtype, at::MemoryFormat format) {
-  const at::MemoryFormat other = format == at::MemoryFormat::ChannelsLast
-                                     ? at::MemoryFormat::Contiguous
-                                     : at::MemoryFormat::ChannelsLast;
-  if (tensor.is_contiguous(format) || !tensor.is_contiguous(other)) {
-    return tensor.to(dtype).contiguous(format);
-  }
-  Tensor result = at::empty(tensor.sizes(), tensor.options().dtype(dtype).memory_format(format));
-  const int64_t channels = tensor.size(1), pixels = tensor.size(2) * tensor.size(3);
-  const bool to_rows = format == at::MemoryFormat::ChannelsLast;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, tensor.scalar_type(),
-                                  "drconv_in_layout", [&] {
-    using src_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "drconv_in_layout", [&] {
-      transpose_samples(tensor.data_ptr<src_t>(), result.data_ptr<scalar_t>(), tensor.size(0),
-                        to_rows ? channels : pixels, to_rows ? pixels : channels);
-    });
-  });
-  return result;
-}
-
-// A (B, C, H, W) tensor in the computation's dtype as channels-last rows.
+// A (B, C, H, W) tensor in the computation's dtype as channels-last rows: the tensor itself
+// where it is that already, else one converting copy.
 Tensor as_rows(const Tensor& tensor, at::ScalarType acc_type) {
-  return in_layout(tensor, acc_type, at::MemoryFormat::ChannelsLast);
+  return tensor.to(acc_type).contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 template <typename acc_t>
@@ -673,7 +625,7 @@ Tensor region_forward(const Tensor& input, const Tensor& weight, const Tensor& r
                                                              output);
                                     }
                                   });
-  return in_layout(output, output.scalar_type(), conv_memory_format(input));
+  return output.contiguous(conv_memory_format(input));
 }
 
 // The backward pass's tasks are (sample, block of input channels): a task owns those channels
@@ -968,7 +920,7 @@ std::tuple<c10::optional<Tensor>, c10::optional<Tensor>> region_backward(
   c10::optional<Tensor> grad_input;
   if (need_input) {
     grad_input = accumulates_in_result ? grad_accumulated
-                                       : in_layout(grad_accumulated, dtype, input_format);
+                                       : grad_accumulated.to(dtype).contiguous(input_format);
   }
   c10::optional<Tensor> grad_weight_result;
   if (need_weight) {
