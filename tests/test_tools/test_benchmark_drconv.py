@@ -63,7 +63,8 @@ def test_pytorch_kernels_switch(tool, capsys, monkeypatch):
     # The tool switches the module flag for the process; monkeypatch restores it after the test.
     monkeypatch.setattr(region_products, 'USE_CPU_EXTENSION', True)
     tool['main'](TINY + ['--parts', 'op'])
-    default = 'compiled' if cpu_extension.AVAILABLE else 'PyTorch'
+    default = (f'compiled ({cpu_extension.instruction_set()})'
+               if cpu_extension.AVAILABLE else 'PyTorch')
     assert f'{default} CPU kernels' in capsys.readouterr().out
     tool['main'](TINY + ['--parts', 'op', '--pytorch-kernels'])
     assert 'PyTorch CPU kernels' in capsys.readouterr().out

@@ -383,9 +383,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         device = torch.cuda.get_device_name()
     else:
         compiled = cpu_extension.AVAILABLE and region_products.USE_CPU_EXTENSION
+        kernels = f'compiled ({cpu_extension.instruction_set()})' if compiled else 'PyTorch'
         device = (f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
-                  f'{torch.get_num_threads()} threads, '
-                  f'{"compiled" if compiled else "PyTorch"} CPU kernels')
+                  f'{torch.get_num_threads()} threads, {kernels} CPU kernels')
     text = (f'{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {device}, torch '
             f'{torch.__version__}, {args.timer} time, '
             f'{"autocast " + args.amp if args.amp else "float32"}\n\n' + '\n\n'.join(tables))
