@@ -104,9 +104,9 @@ def guide_dots(grad_output: Tensor, input: Tensor, weight: Tensor, stride: List[
     """``<grad_output[b, :, p], weight[b, j] @ window(b, p)>`` for every region ``j`` and output
     pixel ``p``: the dot products of the guide's straight-through gradient (Eq. 7).
 
-    They are computed where a sample's input and output fit in a core's cache together and the
-    input is NCHW (the kernels' planes); elsewhere the result is None, and grouped convolutions
-    over whole maps are the faster way.
+    They are computed where the kernels work on NCHW planes: an NCHW input whose windows hold at
+    most 512 values, or whose sample's input and output fit in a core's cache together;
+    elsewhere the result is None, and grouped convolutions over whole maps are the faster way.
 
     Args:
         grad_output (Tensor[B, O, Ho, Wo]): of the input's dtype.

@@ -23,9 +23,10 @@ On CPU, where the compiled kernels of :mod:`.cpu_extension` are built (and
 :data:`USE_CPU_EXTENSION` is set), they compute the forward pass and the input and weight
 gradients instead: they fuse the gather, product and scatter of a tile of pixels in cache and
 run tiles in parallel, where the PyTorch kernels make a memory pass per step and call per band
-from Python; on small NCHW maps they also compute the guide gradient's region responses. The
-bias gradient, the guide gradient on larger maps, and every other device use the PyTorch
-kernels, which are also the reference the compiled ones are tested against.
+from Python; on NCHW maps with short windows or small samples they also compute the guide
+gradient's region responses. The bias gradient, the guide gradient elsewhere, and every other
+device use the PyTorch kernels, which are also the reference the compiled ones are tested
+against.
 """
 import functools
 import math
@@ -393,8 +394,8 @@ def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
     depend on the regions (cuDNN autotunes them once); for 1x1 filters as one bmm. The bmm's
     bands are those of the products, small on CPU so that the responses are still in cache for
     the dot products; the convolutions' bands (:data:`GUIDE_CONV_BAND_VALUES`) are larger.
-    The compiled kernels compute them instead on small NCHW maps, where these calls are too
-    small to be efficient.
+    The compiled kernels compute them instead on NCHW maps with short windows or small samples
+    (see :func:`.cpu_extension.guide_dots`), where these calls are too small to be efficient.
     """
     if _runs_cpu_extension(input):
         dots = cpu_extension.guide_dots(grad_output, input, weight.contiguous(),
