@@ -10,11 +10,12 @@ PYTEST_ARGS ?=
 COMPAT_VENV ?= .venv-compat
 CORE_VENV ?= .venv-core
 MIM_VENV ?= .venv-mim
+LINT_VENV ?= .venv-lint
 OLDEST_TORCH := TORCH_VERSION=2.1.2 CONSTRAINTS=requirements/compat.txt \
 	TORCH_WHEELHOUSE=$(HOME)/.cache/drconv-mmdet/torch-2.1.2
 
-.PHONY: setup test demo data bench clean setup-compat test-compat setup-core test-core setup-mim \
-	test-mim
+.PHONY: setup test test-fast lint demo data bench clean setup-compat test-compat setup-core \
+	test-core setup-mim test-mim
 
 setup:
 	@VENV=$(VENV) bash tools/misc/setup_env.sh
@@ -24,6 +25,16 @@ data: setup
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The suite without the tests marked slow (setup.cfg): about a minute.
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+# The hooks of .pre-commit-config.yaml (flake8 and isort with setup.cfg's settings) on every file.
+lint:
+	@test -x $(LINT_VENV)/bin/pre-commit || { python3 -m venv $(LINT_VENV) && \
+		$(LINT_VENV)/bin/python -m pip install -q pre-commit==4.7.0; }
+	$(LINT_VENV)/bin/pre-commit run --all-files --show-diff-on-failure
 
 demo: data
 	PYTHON=$(PY) bash tools/misc/demo.sh $(DEMO_CONFIG) $(DEMO_WORK_DIR)
