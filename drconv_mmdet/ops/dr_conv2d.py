@@ -5,8 +5,7 @@ Chen et al., "Dynamic Region-Aware Convolution", CVPR 2021 (arXiv 2003.12243), E
 Every output pixel is computed with ONE of ``m`` per-sample filters, the one picked by the argmax of
 the guided feature at that pixel. The forward pass therefore does the multiply-adds of a single
 convolution: output pixels are bucketed by region and each bucket is one matrix product with its
-region's filter. In time it stays above one convolution (memory passes around the products; see
-docs/benchmarks.md).
+region's filter (docs/kernels.md says which kernels do it on which device).
 The guided feature gets the paper's straight-through gradient (softmax in place of the argmax).
 """
 from typing import List, Optional, Tuple
@@ -18,9 +17,9 @@ from torch.autograd.function import once_differentiable
 
 from ..torch_compat import get_autocast_dtype, is_autocast_enabled
 from .geometry import Geometry, IntPair, as_pair, conv_output_size, make_geometry
+from .implementations import backward, chosen_kernels, forward, kernels_for, use_kernels
 from .onnx_lowering import dr_conv2d_lowered
-from .region_products import (conv_memory_format, quiet_under_tracing, region_conv_backward,
-                              region_conv_forward)
+from .region_products import conv_memory_format, quiet_under_tracing
 
 __all__ = [
     'dr_conv2d', 'dr_conv2d_reference', 'DRConv2dFunction', 'conv_output_size', 'JIT_NODE_KIND'
@@ -28,7 +27,8 @@ __all__ = [
 
 # torch >= 2.4 registers the op with torch.library (``torch.ops.drconv.dr_conv2d``), which
 # torch.compile, fake tensors and opcheck understand; older torch runs the same kernels through
-# DRConv2dFunction.
+# DRConv2dFunction. Either way the kernels are those of the call's device (see
+# .implementations), and a backward pass runs the kernels its forward pass chose.
 USE_CUSTOM_OP = hasattr(torch.library, 'custom_op')
 # What torch.jit.trace records for a DRConv (mmengine's FLOP counter matches ops by this name).
 JIT_NODE_KIND = 'drconv::dr_conv2d' if USE_CUSTOM_OP else 'prim::PythonOp.DRConv2dFunction'
@@ -43,16 +43,17 @@ class DRConv2dFunction(torch.autograd.Function):
                 geo: Geometry) -> Tensor:
         ctx.geo = geo
         ctx.has_bias = bias is not None
+        ctx.kernels = kernels_for(input)
         ctx.save_for_backward(input, weight, guide)
-        return region_conv_forward(input, weight, guide, bias, geo)
+        return forward(input, weight, guide, bias, geo, ctx.kernels)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output: Tensor):
         input, weight, guide = ctx.saved_tensors
         need_input, need_weight, need_guide, need_bias = ctx.needs_input_grad[:4]
-        grads = region_conv_backward(grad_output, input, weight, guide, ctx.geo, need_input,
-                                     need_weight, need_guide, need_bias and ctx.has_bias)
+        grads = backward(grad_output, input, weight, guide, ctx.geo, need_input, need_weight,
+                         need_guide, need_bias and ctx.has_bias, ctx.kernels)
         return (*grads, None)
 
 
@@ -70,7 +71,7 @@ def _op_geometry(input: Tensor, weight: Tensor, stride: List[int], padding: List
 def _op_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
                 stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
     geo = _op_geometry(input, weight, stride, padding, dilation)
-    output = region_conv_forward(input, weight, guide, bias, geo)
+    output = forward(input, weight, guide, bias, geo, kernels_for(input))
     return output.contiguous(memory_format=conv_memory_format(input))
 
 
@@ -87,7 +88,7 @@ def _op_backward(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tens
     """The gradients for ``(input, weight, guide, bias)`` that ``output_mask`` asks for, in
     that order (a schema cannot return None)."""
     geo = _op_geometry(input, weight, stride, padding, dilation)
-    grads = region_conv_backward(grad_output, input, weight, guide, geo, *output_mask)
+    grads = backward(grad_output, input, weight, guide, geo, *output_mask, kernels_for(input))
     likes = _gradient_likes(grad_output, input, weight, guide)
     return [
         grad.contiguous(memory_format=conv_memory_format(like))
@@ -117,15 +118,17 @@ def _op_setup_context(ctx, inputs: Tuple, output: Tensor) -> None:
     ctx.save_for_backward(input, weight, guide)
     ctx.geometry = (stride, padding, dilation)
     ctx.has_bias = bias is not None
+    ctx.kernels = chosen_kernels()
 
 
 def _op_autograd_backward(ctx, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
     input, weight, guide = ctx.saved_tensors
     need_input, need_weight, need_guide, need_bias = ctx.needs_input_grad[:4]
     output_mask = [need_input, need_weight, need_guide, need_bias and ctx.has_bias]
-    grads = iter(
-        torch.ops.drconv.dr_conv2d_backward(grad_output, input, weight, guide, *ctx.geometry,
-                                            output_mask))
+    with use_kernels(ctx.kernels):
+        grads = iter(
+            torch.ops.drconv.dr_conv2d_backward(grad_output, input, weight, guide,
+                                                *ctx.geometry, output_mask))
     return (*(next(grads) if needed else None for needed in output_mask), None, None, None)
 
 
@@ -252,7 +255,10 @@ def dr_conv2d(input: Tensor,
 
     On torch >= 2.4 this calls the registered op ``torch.ops.drconv.dr_conv2d`` (with
     ``torch.ops.drconv.dr_conv2d_backward`` for the gradients), so that it works with
-    ``torch.compile`` and fake tensors.
+    ``torch.compile`` and fake tensors. The kernels are chosen by device and dtype (compiled CPU
+    kernels, Triton kernels on CUDA, else PyTorch kernels; see
+    :mod:`drconv_mmdet.ops.implementations` and docs/kernels.md);
+    :func:`drconv_mmdet.ops.use_kernels` picks one implementation for a block.
 
     Args:
         input (Tensor[B, C, H, W]): input features.

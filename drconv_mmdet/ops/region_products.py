@@ -19,14 +19,9 @@ Only the groups' sizes go to the host (one sync per call); everything else stays
 and products are ``torch.bmm`` (on CUDA, cuBLAS: no per-shape autotuning, as cuDNN has for
 convolutions of data-dependent shapes under ``cudnn.benchmark``).
 
-On CPU, where the compiled kernels of :mod:`.cpu_extension` are built (and
-:data:`USE_CPU_EXTENSION` is set), they compute the forward pass and the input and weight
-gradients instead: they fuse the gather, product and scatter of a tile of pixels in cache and
-run tiles in parallel, where the PyTorch kernels make a memory pass per step and call per band
-from Python; on NCHW maps with short windows or small samples they also compute the guide
-gradient's region responses. The bias gradient, the guide gradient elsewhere, and every other
-device use the PyTorch kernels, which are also the reference the compiled ones are tested
-against.
+These kernels run on every device and dtype; they are the fallback of the compiled CPU kernels
+and of the Triton kernels, and the reference those are tested against (see
+:mod:`.implementations` for which kernels run where).
 """
 import functools
 import math
@@ -37,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import cpu_extension
 from .geometry import Geometry
 
 __all__ = [
-    'region_conv_forward', 'region_conv_backward', 'conv_memory_format', 'quiet_under_tracing'
+    'region_conv_forward', 'region_input_weight_grads', 'region_response_dots',
+    'straight_through_guide_grad', 'bias_grad', 'conv_memory_format', 'quiet_under_tracing'
 ]
 
 # Values of one band's gathered rows, per device type (a band still takes one row where a row is
@@ -58,10 +53,6 @@ DEFAULT_BAND_VALUES = 1 << 24
 # call of their own. A GPU kernel launch is worth far more multiply-adds than a CPU call.
 PRODUCT_CALL_MACS = {'cpu': 1 << 19}
 DEFAULT_PRODUCT_CALL_MACS = 1 << 26
-
-# Whether CPU calls use the compiled kernels where they are built (tests switch it off to test
-# the PyTorch kernels).
-USE_CPU_EXTENSION = True
 
 # Bands of the guide gradient's grouped convolutions (k > 1), per device type: values of the
 # region responses, and samples per convolution. oneDNN runs a convolution of a few output rows,
@@ -345,17 +336,6 @@ def _regions(guide: Tensor) -> Tensor:
     return guide.permute(0, 2, 3, 1).contiguous().argmax(dim=-1).flatten(1)
 
 
-def _runs_cpu_extension(input: Tensor) -> bool:
-    """Whether the compiled CPU kernels compute this call's products (see the module's
-    docstring). They take every floating dtype the op does."""
-    return USE_CPU_EXTENSION and cpu_extension.AVAILABLE and input.device.type == 'cpu'
-
-
-def _geometry_lists(geo: Geometry) -> Tuple[List[int], List[int], List[int]]:
-    """Stride, padding and dilation as the compiled kernels take them."""
-    return list(geo.stride), list(geo.padding), list(geo.dilation)
-
-
 def conv_memory_format(tensor: Tensor) -> torch.memory_format:
     """The layout nn.Conv2d gives a result computed from ``tensor``: channels-last for a
     channels-last 4-D tensor, else contiguous."""
@@ -383,8 +363,8 @@ def _pixel_rows(image: Tensor) -> Tensor:
     return rows
 
 
-def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
-                          geo: Geometry) -> Tensor:
+def region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
+                         geo: Geometry) -> Tensor:
     """``<dL/dY(p), Y_j(p)>`` for every region j and pixel p (Eq. 7), as (B, m, Ho, Wo) in the
     accumulation dtype.
 
@@ -394,14 +374,7 @@ def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
     depend on the regions (cuDNN autotunes them once); for 1x1 filters as one bmm. The bmm's
     bands are those of the products, small on CPU so that the responses are still in cache for
     the dot products; the convolutions' bands (:data:`GUIDE_CONV_BAND_VALUES`) are larger.
-    The compiled kernels compute them instead on NCHW maps with short windows or small samples
-    (see :func:`.cpu_extension.guide_dots`), where these calls are too small to be efficient.
     """
-    if _runs_cpu_extension(input):
-        dots = cpu_extension.guide_dots(grad_output, input, weight.contiguous(),
-                                        *_geometry_lists(geo))
-        if dots is not None:
-            return dots
     batch, num_regions, out_channels, channels, kernel_h, kernel_w = weight.shape
     height, width = input.shape[-2:]
     out_h, out_w = geo.out_size
@@ -444,10 +417,6 @@ def _region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
 def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
                         geo: Geometry) -> Tensor:
     """Forward of :func:`drconv_mmdet.ops.dr_conv2d` on validated arguments of one dtype."""
-    if _runs_cpu_extension(input):
-        # The kernels take the argmax of the guide themselves.
-        return cpu_extension.region_forward(input, weight.contiguous(), guide, bias,
-                                            *_geometry_lists(geo))
     batch, num_regions, out_channels, channels = weight.shape[:4]
     memory_format = conv_memory_format(input)
     width = geo.taps * channels
@@ -478,11 +447,11 @@ def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Opti
     return output
 
 
-def _region_input_weight_grads(grad_output: Tensor, input: Tensor, weight: Tensor,
-                               guide: Tensor, geo: Geometry, need_input: bool,
-                               need_weight: bool) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """The PyTorch kernels' gradients of :func:`region_conv_forward` for ``input`` and
-    ``weight``; ``None`` where not needed."""
+def region_input_weight_grads(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tensor,
+                              geo: Geometry, need_input: bool,
+                              need_weight: bool) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """The gradients of :func:`region_conv_forward` for ``input`` and ``weight``; ``None``
+    where not needed."""
     grad_input = grad_weight = None
     batch, num_regions, out_channels, channels = weight.shape[:4]
     dtype = input.dtype
@@ -545,31 +514,18 @@ def _region_input_weight_grads(grad_output: Tensor, input: Tensor, weight: Tenso
     return grad_input, grad_weight
 
 
-@quiet_under_tracing
-def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tensor,
-                         geo: Geometry, need_input: bool, need_weight: bool, need_guide: bool,
-                         need_bias: bool) -> Tuple[Optional[Tensor], ...]:
-    """Gradients of :func:`region_conv_forward` for ``(input, weight, guide, bias)``; ``None``
-    where not needed. ``guide`` gets the straight-through gradient (Eq. 7-8)."""
-    grad_input = grad_weight = grad_guide = grad_bias = None
-    dtype = input.dtype
-    acc_dtype = _accumulation_dtype(dtype)
-    if (need_input or need_weight) and _runs_cpu_extension(input):
-        grad_input, grad_weight = cpu_extension.region_backward(
-            grad_output, input, weight.contiguous(), guide, *_geometry_lists(geo),
-            need_input, need_weight)
-    elif need_input or need_weight:
-        grad_input, grad_weight = _region_input_weight_grads(grad_output, input, weight, guide,
-                                                             geo, need_input, need_weight)
-    if need_guide:
-        grad_probs = _region_response_dots(input, weight, grad_output, geo)
-        # Eq. 8: back through the softmax that stands in for the argmax; half precision would
-        # lose the small probabilities, so it is done in at least float32.
-        probs_dtype = torch.promote_types(guide.dtype, torch.float32)
-        probs = torch.softmax(guide.to(probs_dtype), dim=1)
-        grad_probs = grad_probs.to(probs_dtype)
-        grad_logits = probs * (grad_probs - (probs * grad_probs).sum(dim=1, keepdim=True))
-        grad_guide = grad_logits.to(guide.dtype)
-    if need_bias:
-        grad_bias = grad_output.sum(dim=(0, 2, 3), dtype=acc_dtype).to(dtype)
-    return grad_input, grad_weight, grad_guide, grad_bias
+def straight_through_guide_grad(guide: Tensor, dots: Tensor) -> Tensor:
+    """The guide's straight-through gradient from the dots of :func:`region_response_dots`:
+    back through the softmax that stands in for the argmax (Eq. 8). Half precision would lose
+    the small probabilities, so it is done in at least float32."""
+    probs_dtype = torch.promote_types(guide.dtype, torch.float32)
+    probs = torch.softmax(guide.to(probs_dtype), dim=1)
+    grad_probs = dots.to(probs_dtype)
+    grad_logits = probs * (grad_probs - (probs * grad_probs).sum(dim=1, keepdim=True))
+    return grad_logits.to(guide.dtype)
+
+
+def bias_grad(grad_output: Tensor) -> Tensor:
+    """The bias's gradient, summed in the accumulation dtype."""
+    return grad_output.sum(dim=(0, 2, 3),
+                           dtype=_accumulation_dtype(grad_output.dtype)).to(grad_output.dtype)

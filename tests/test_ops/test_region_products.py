@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from drconv_mmdet.ops import cpu_extension, dr_conv2d, region_products
+from drconv_mmdet.ops import cpu_extension, dr_conv2d, region_products, use_kernels
 from test_dr_conv2d import (GEOMETRIES, LAYOUTS, grads, loop_dr_conv2d, loop_guide_grad,
                             make_args)
 
@@ -29,25 +29,15 @@ STRATEGIES = {
 NOT_BUILT = 'the compiled CPU kernels are not built for this torch (pip install -e .)'
 
 
-def use_pytorch_kernels(monkeypatch):
-    monkeypatch.setattr(region_products, 'USE_CPU_EXTENSION', False)
-
-
 def set_band_values(monkeypatch, values):
     for device_type in ('cpu', 'cuda'):
         monkeypatch.setitem(region_products.BAND_VALUES, device_type, values)
         monkeypatch.setitem(region_products.GUIDE_CONV_BAND_VALUES, device_type, values)
 
 
-@pytest.fixture(params=list(STRATEGIES))
-def strategy(request, monkeypatch):
-    settings = STRATEGIES[request.param]
-    if settings.get('cpu_extension'):
-        if not cpu_extension.AVAILABLE:
-            pytest.skip(NOT_BUILT)
-        monkeypatch.setattr(region_products, 'USE_CPU_EXTENSION', True)
-    else:
-        use_pytorch_kernels(monkeypatch)
+def apply_strategy(name, monkeypatch):
+    """Sets up the strategy ``name`` for the test; the kernels it runs, for use_kernels."""
+    settings = STRATEGIES[name]
     if 'call_macs' in settings:
         for device_type in ('cpu', 'cuda'):
             monkeypatch.setitem(region_products.PRODUCT_CALL_MACS, device_type,
@@ -56,7 +46,15 @@ def strategy(request, monkeypatch):
         set_band_values(monkeypatch, settings['band_values'])
     if 'key_order' in settings:
         monkeypatch.setattr(region_products, '_filters_outweigh_windows', lambda *args: True)
-    return request.param
+    return 'compiled' if settings.get('cpu_extension') else 'pytorch'
+
+
+@pytest.fixture(params=list(STRATEGIES))
+def strategy(request, monkeypatch):
+    if STRATEGIES[request.param].get('cpu_extension') and not cpu_extension.AVAILABLE:
+        pytest.skip(NOT_BUILT)
+    with use_kernels(apply_strategy(request.param, monkeypatch)):
+        yield request.param
 
 
 def skewed_args(batch, geometry, dtype=torch.float64):
@@ -189,7 +187,6 @@ def test_half_gradients_match_float32(dtype, band_values, key_order, monkeypatch
     """Half-precision gradients of half-representable inputs are float32's within the rounding
     of the results: sums over bands (10-row bands: 1500 values of 144-value windows), overlapping
     windows and channels are kept in float32."""
-    use_pytorch_kernels(monkeypatch)
     if band_values is not None:
         set_band_values(monkeypatch, band_values)
     monkeypatch.setattr(region_products, '_filters_outweigh_windows', lambda *args: key_order)
@@ -199,15 +196,17 @@ def test_half_gradients_match_float32(dtype, band_values, key_order, monkeypatch
     args32['weight'] = args32['weight'] * 0.1
     args_half = {k: v.to(dtype).requires_grad_() for k, v in args32.items()}
     args32 = {k: v.requires_grad_() for k, v in args32.items()}
-    out32 = dr_conv2d(args32['x'], args32['weight'], args32['guide'], args32['bias'], padding=1)
-    out_half = dr_conv2d(args_half['x'], args_half['weight'], args_half['guide'],
-                         args_half['bias'], padding=1)
+    grad_out = torch.randn((2, 8, 12, 10), generator=gen).to(dtype)
+    with use_kernels('pytorch'):
+        out32 = dr_conv2d(args32['x'], args32['weight'], args32['guide'], args32['bias'],
+                          padding=1)
+        out_half = dr_conv2d(args_half['x'], args_half['weight'], args_half['guide'],
+                             args_half['bias'], padding=1)
+        grads_half = torch.autograd.grad(out_half, list(args_half.values()), grad_out)
+        grads32 = torch.autograd.grad(out32, list(args32.values()), grad_out.float())
     assert out_half.dtype == dtype
     assert relative_error(out_half, out32) < 1e-2
-    grad_out = torch.randn(out32.shape, generator=gen).to(dtype)
-    for name, g_half, g32 in zip(
-            args32, torch.autograd.grad(out_half, list(args_half.values()), grad_out),
-            torch.autograd.grad(out32, list(args32.values()), grad_out.float())):
+    for name, g_half, g32 in zip(args32, grads_half, grads32):
         assert g_half.dtype == dtype
         assert relative_error(g_half, g32) < 1e-2, name
 
