@@ -5,16 +5,14 @@ import os.path as osp
 import sys
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
-from conftest import DEMO_DRFPN_CONFIG, REPO_ROOT, run_tool, tiny_run_options
+from helpers import DEMO_DRFPN_CONFIG, NEEDS_DYNAMO_EXPORTER, REPO_ROOT, run_tool, tiny_run_options
 from mmdet.structures import DetDataSample
 
 from drconv_mmdet.deployment import check_standard_ops, export_onnx
 from drconv_mmdet.deployment.detector import build_detector, exporter_for
-from test_onnx_op import NEEDS_DYNAMO_EXPORTER
-
-ort = pytest.importorskip('onnxruntime')
 
 PY = sys.executable
 DETNAS_DRCONV_CONFIG = 'configs/detnas/faster-rcnn_detnas-300m-drconv-8r_fpn-4conv1fc_90k_coco.py'

@@ -1,36 +1,31 @@
 """The DRConv op and layer exported to ONNX (standard ops only) and run by ONNX Runtime."""
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import NEEDS_DYNAMO_EXPORTER, make_args
 
 from drconv_mmdet.deployment import check_standard_ops, export_onnx
 from drconv_mmdet.nn import DRConv2d
-from drconv_mmdet.ops import conv_output_size, dr_conv2d, dr_conv2d_reference
+from drconv_mmdet.ops import dr_conv2d, dr_conv2d_reference
 from drconv_mmdet.ops.onnx_lowering import adaptive_avg_pool2d_lowered, dr_conv2d_lowered
-
-ort = pytest.importorskip('onnxruntime')
-pytest.importorskip('onnx')
 
 # (kernel, stride, padding, dilation, regions)
 GEOMETRIES = [(3, 2, 1, 1, 4), (1, 1, 0, 1, 1), (3, 1, 2, 2, 4), (1, 2, 0, 1, 4)]
 # Exports are slow: stride, padding and dilation in one case.
 EXPORT_GEOMETRIES = [(3, 2, 2, 2, 4), (1, 1, 0, 1, 1)]
-NEEDS_DYNAMO_EXPORTER = pytest.mark.skipif(
-    tuple(int(v) for v in torch.__version__.split('.')[:2]) < (2, 5),
-    reason='the dynamo ONNX exporter needs torch >= 2.5')
 EXPORTERS = [pytest.param('dynamo', marks=NEEDS_DYNAMO_EXPORTER), 'torchscript']
 # (batch, height, width): the export example first, then other sizes through the same file.
 SIZES = [(2, 9, 7), (1, 13, 16), (3, 6, 11)]
 
 
-def _op_inputs(batch, height, width, geometry, channels=3, out_channels=5, dtype=torch.float32):
-    kernel, stride, padding, dilation, regions = geometry
-    out_size = conv_output_size((height, width), (kernel, kernel), (stride, stride),
-                                (padding, padding), (dilation, dilation))
-    x = torch.randn(batch, channels, height, width, dtype=dtype)
-    weight = torch.randn(batch, regions, out_channels, channels, kernel, kernel, dtype=dtype)
-    guide = torch.randn(batch, regions, *out_size, dtype=dtype)
-    return x, weight, guide, torch.randn(out_channels, dtype=dtype)
+def _op_inputs(batch, height, width, geometry, dtype=torch.float32, seed=0):
+    """(input, weight, guide, bias) of 3 -> 5 channels for ``(kernel, stride, padding,
+    dilation, regions)``."""
+    *geo, regions = geometry
+    return make_args(batch, regions, geo, dtype, seed, channels=3, out_channels=5,
+                     size=(height, width))[:4]
 
 
 def _run(path, names, inputs):
@@ -40,7 +35,6 @@ def _run(path, names, inputs):
 
 @pytest.mark.parametrize('geometry', GEOMETRIES)
 def test_lowering_equals_reference(geometry):
-    torch.manual_seed(0)
     kernel, stride, padding, dilation, regions = geometry
     x, weight, guide, bias = _op_inputs(2, 9, 7, geometry, dtype=torch.float64)
     x = x.to(memory_format=torch.channels_last)
@@ -50,7 +44,6 @@ def test_lowering_equals_reference(geometry):
 
 
 def test_lowering_without_bias_and_non_contiguous_input():
-    torch.manual_seed(0)
     x, weight, guide, _ = _op_inputs(2, 7, 9, (3, 1, 1, 1, 4), dtype=torch.float64)
     x = x.transpose(2, 3).contiguous().transpose(2, 3)
     expected = dr_conv2d_reference(x, weight, guide, None, 1, 1, 1)
@@ -83,7 +76,6 @@ class _Op(torch.nn.Module):
 @pytest.mark.parametrize('exporter', EXPORTERS)
 @pytest.mark.parametrize('geometry', EXPORT_GEOMETRIES)
 def test_op_export_runs_in_onnxruntime(tmp_path, exporter, geometry):
-    torch.manual_seed(0)
     path = str(tmp_path / 'op.onnx')
     names = ['x', 'weight', 'guide', 'bias']
     dynamic_axes = {'x': {0: 'batch', 2: 'height', 3: 'width'}, 'weight': {0: 'batch'},
@@ -94,7 +86,7 @@ def test_op_export_runs_in_onnxruntime(tmp_path, exporter, geometry):
     ops = check_standard_ops(path)
     assert 'MatMul' in ops and 'NonZero' in ops and 'Conv' not in ops
     for i, size in enumerate(SIZES):
-        inputs = _op_inputs(*size, geometry)
+        inputs = _op_inputs(*size, geometry, seed=i)
         if i == 1 and geometry[4] > 1:
             # A region empty in every sample (the export example had none empty).
             inputs[2][:, 1] -= 100
@@ -129,7 +121,6 @@ def test_unknown_exporter_is_reported(tmp_path):
 
 
 def test_non_standard_ops_are_reported(tmp_path):
-    import onnx
     from onnx import TensorProto, helper
     node = helper.make_node('MMCVRoiAlign', ['x'], ['y'], domain='mmcv')
     graph = helper.make_graph([node], 'g',

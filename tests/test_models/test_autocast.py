@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import DEMO_DRFPN_CONFIG, tiny_run_config
+from helpers import DEMO_DRFPN_CONFIG, tiny_run_config
 from mmcv.cnn import ConvModule
 from mmdet.registry import DATASETS, MODELS
 from mmengine.dataset import pseudo_collate

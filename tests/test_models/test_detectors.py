@@ -3,7 +3,7 @@ import copy
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG, DEMO_DRFPN_CONFIG, tiny_run_config
+from helpers import DEMO_CONFIG, DEMO_DRFPN_CONFIG, tiny_run_config
 from mmdet.registry import DATASETS, MODELS
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope

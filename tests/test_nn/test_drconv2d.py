@@ -6,7 +6,7 @@ from torch import nn
 
 from drconv_mmdet.nn import BasisFilterGenerator, DRConv2d, PaperFilterGenerator
 from drconv_mmdet.nn.drconv2d import sample_guide, window_centres
-from drconv_mmdet.ops import dr_conv2d
+from drconv_mmdet.ops import dr_conv2d_reference
 
 
 @pytest.mark.parametrize('generator', ['paper', 'basis'])
@@ -24,11 +24,17 @@ def test_forward_backward_reaches_every_parameter(generator, kernel_size, stride
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
-def test_forward_is_the_op_with_generated_filters():
-    layer = DRConv2d(4, 3, 3, padding=1, region_num=5, hidden_channels=10)
-    x = torch.randn(2, 4, 7, 6)
-    guide = F.conv2d(x, layer.guide.weight, layer.guide.bias, padding=1)
-    expected = dr_conv2d(x, layer.generator(x), guide, layer.bias, padding=1)
+@pytest.mark.parametrize('generator', ['paper', 'basis'])
+def test_forward_is_the_definition(generator):
+    """Eq. 3-5: each output pixel is the convolution with the filter of its guide's argmax
+    region; the all-regions reference computes every region's convolution, then selects."""
+    torch.manual_seed(0)
+    layer = DRConv2d(4, 3, 3, stride=(2, 1), padding=(1, 0), dilation=(1, 2), region_num=5,
+                     generator=generator).double()
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64)
+    guide = F.conv2d(x, layer.guide.weight, layer.guide.bias, (2, 1), (1, 0), (1, 2))
+    expected = dr_conv2d_reference(x, layer.generator(x), guide, layer.bias, (2, 1), (1, 0),
+                                   (1, 2))
     torch.testing.assert_close(layer(x), expected)
 
 
@@ -48,7 +54,8 @@ def test_external_guide_is_sampled_and_shared():
     guide = torch.randn(2, 3, 8, 10, requires_grad=True)
     out = shared(x, guide)
     assert out.shape == (2, 4, 4, 5)
-    expected = dr_conv2d(x, shared.generator(x), guide[..., ::2, ::2], shared.bias, stride=2)
+    expected = dr_conv2d_reference(x, shared.generator(x), guide[..., ::2, ::2], shared.bias,
+                                   stride=2)
     torch.testing.assert_close(out, expected)
     out.sum().backward()
     assert guide.grad.abs().sum() > 0
@@ -131,10 +138,12 @@ def test_conv_attributes():
     (dict(region_num=0), ValueError, r'region_num must be a positive int, but got 0'),
     (dict(in_channels=0), ValueError, r'in_channels must be a positive int, but got 0'),
     (dict(num_bases=-1), ValueError, r'num_bases must be a positive int, but got -1'),
-    (dict(generator='mlp'), ValueError, r"generator must be one of \('paper', 'basis'\), but got 'mlp'"),
+    (dict(generator='mlp'), ValueError,
+     r"generator must be one of \('paper', 'basis'\), but got 'mlp'"),
     (dict(region_num=3, hidden_channels=8), ValueError,
      r'hidden_channels must be a positive multiple of region_num=3, but got 8'),
-    (dict(kernel_size=0), ValueError, r'kernel_size must be an int or a pair of ints >= 1, but got 0'),
+    (dict(kernel_size=0), ValueError,
+     r'kernel_size must be an int or a pair of ints >= 1, but got 0'),
     (dict(stride=(1, 0)), ValueError, r'stride must be an int or a pair of ints >= 1'),
 ])
 def test_constructor_errors(kwargs, error, message):
@@ -146,7 +155,8 @@ def test_constructor_errors(kwargs, error, message):
 
 def test_forward_errors():
     layer = DRConv2d(4, 4, 3, padding=1, region_num=3)
-    with pytest.raises(ValueError, match=r'x must have shape \(B, 4, H, W\), but got \(1, 5, 6, 6\)'):
+    with pytest.raises(ValueError,
+                       match=r'x must have shape \(B, 4, H, W\), but got \(1, 5, 6, 6\)'):
         layer(torch.randn(1, 5, 6, 6))
     with pytest.raises(ValueError, match=r'guide must have shape \(B=1, region_num=3, H, W\), but '
                        r'got \(1, 2, 6, 6\)'):
@@ -241,8 +251,7 @@ def test_from_conv_every_parameter_learns(kwargs):
         return loss.item(), grads
 
     loss0, grads0 = step()
-    assert {name for name, grad in grads0.items() if grad < 1e-6} == {'guide.weight',
-                                                                       'guide.bias'}
+    assert {name for name, grad in grads0.items() if grad < 1e-6} == {'guide.weight', 'guide.bias'}
     assert min(grads0.values()) >= 0
     loss1, grads1 = step()
     assert loss1 < loss0
@@ -348,8 +357,8 @@ def test_external_guide_at_input_size_is_taken_at_window_centres(kernel_size, st
         expected_guide)
     out = layer(x, guide)
     torch.testing.assert_close(
-        out, dr_conv2d(x, layer.generator(x), expected_guide, layer.bias, layer.stride,
-                       layer.padding, layer.dilation))
+        out, dr_conv2d_reference(x, layer.generator(x), expected_guide, layer.bias, layer.stride,
+                                 layer.padding, layer.dilation))
     out.square().sum().backward()
     assert guide.grad.abs().sum() > 0
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_DRFPN_CONFIG, REPO_ROOT, tiny_run_options
+from helpers import DEMO_DRFPN_CONFIG, REPO_ROOT, tiny_run_options
 
 pytestmark = pytest.mark.skipif(
     os.environ.get('DRCONV_MIM_ROUTE') != '1',

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG, DEMO_DRFPN_CONFIG, REPO_ROOT, run_tool, tiny_run_options
+from helpers import DEMO_CONFIG, DEMO_DRFPN_CONFIG, REPO_ROOT, run_tool, tiny_run_options
 from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import DEMO_CONFIG, REPO_ROOT, run_tool, tiny_run_config, tiny_run_options
+from helpers import DEMO_CONFIG, REPO_ROOT, run_tool, tiny_run_config, tiny_run_options
 from mmengine.runner import Runner
 
 from drconv_mmdet.utils import allow_mmengine_checkpoints, load_tool_config, shutdown_distributed
