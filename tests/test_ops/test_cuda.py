@@ -11,7 +11,7 @@ from torch import nn
 from drconv_mmdet.nn import DRConv2d
 from drconv_mmdet.ops import dr_conv2d
 from drconv_mmdet.ops.dr_conv2d import USE_CUSTOM_OP
-from test_dr_conv2d import GEOMETRIES, LAYOUTS, grads
+from helpers import GEOMETRIES, LAYOUTS, grads
 from test_region_products import (loop_results, set_band_values, skewed_args,  # noqa: F401
                                   strategy)
 

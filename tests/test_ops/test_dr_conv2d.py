@@ -1,96 +1,20 @@
 import importlib
-import itertools
 import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import (GEOMETRIES, HEIGHT, LAYOUTS, WIDTH, grads, loop_dr_conv2d, loop_guide_grad,
+                     make_args, non_contiguous)
 from torch.autograd import gradcheck
 
-from drconv_mmdet.ops import JIT_NODE_KIND, conv_output_size, dr_conv2d, dr_conv2d_reference
+from drconv_mmdet.ops import JIT_NODE_KIND, dr_conv2d, dr_conv2d_reference
 from drconv_mmdet.ops.geometry import as_pair
 
 # The entry point's module, whose choice between the registered op and the autograd function a
 # test switches.
 entry_module = importlib.import_module('drconv_mmdet.ops.dr_conv2d')
-
-# (kernel, stride, padding, dilation): asymmetric on purpose, so that H/W mix-ups fail.
-GEOMETRIES = [
-    ((1, 1), (1, 1), (0, 0), (1, 1)),
-    ((3, 1), (2, 1), (1, 0), (2, 1)),
-    ((3, 3), (1, 1), (1, 1), (1, 1)),
-    ((1, 1), (2, 2), (0, 0), (1, 1)),
-    ((2, 3), (1, 2), (0, 1), (1, 2)),
-]
-IN_CHANNELS, OUT_CHANNELS, HEIGHT, WIDTH = 3, 4, 7, 6
-
-
-def loop_dr_conv2d(x, weight, guide, bias, stride, padding, dilation):
-    """Per-pixel float64 definition: the output and every region's response (for Eq. 7)."""
-    batch, num_regions, out_channels = weight.shape[:3]
-    kh, kw = weight.shape[-2:]
-    x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-    out_h, out_w = guide.shape[-2:]
-    out_rows, responses = [], torch.zeros(batch, num_regions, out_channels, out_h, out_w,
-                                          dtype=x.dtype)
-    for b in range(batch):
-        for i, j in itertools.product(range(out_h), range(out_w)):
-            pixel = [x.new_zeros(out_channels) for _ in range(num_regions)]
-            for di, dj in itertools.product(range(kh), range(kw)):
-                column = x[b, :, i * stride[0] + di * dilation[0], j * stride[1] + dj * dilation[1]]
-                for r in range(num_regions):
-                    pixel[r] = pixel[r] + weight[b, r, :, :, di, dj] @ column
-            scores = guide[b, :, i, j].tolist()
-            region = scores.index(max(scores))  # first maximum wins ties, like torch.argmax
-            out_rows.append(pixel[region] + (0 if bias is None else bias))
-            for r in range(num_regions):
-                responses[b, r, :, i, j] = pixel[r].detach()
-    if batch:
-        out = torch.stack(out_rows).view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
-    else:
-        out = (x.sum() + weight.sum()) * x.new_zeros(0, out_channels, out_h, out_w)
-    return out, responses
-
-
-def loop_guide_grad(guide, responses, grad_out):
-    """Eq. 7, then Eq. 8, written out per pixel."""
-    grad = torch.zeros_like(guide)
-    batch, num_regions, out_h, out_w = guide.shape
-    for b, i, j in itertools.product(range(batch), range(out_h), range(out_w)):
-        probs = torch.softmax(guide[b, :, i, j], dim=0)
-        grad_probs = torch.stack(
-            [grad_out[b, :, i, j] @ responses[b, r, :, i, j] for r in range(num_regions)])
-        grad[b, :, i, j] = probs * (grad_probs - probs @ grad_probs)
-    return grad
-
-
-def make_args(batch, num_regions, geometry, dtype=torch.float64, seed=0, with_bias=True):
-    kernel, stride, padding, dilation = geometry
-    gen = torch.Generator().manual_seed(seed)
-    out_size = conv_output_size((HEIGHT, WIDTH), kernel, stride, padding, dilation)
-    x = torch.randn(batch, IN_CHANNELS, HEIGHT, WIDTH, generator=gen, dtype=dtype)
-    weight = torch.randn(batch, num_regions, OUT_CHANNELS, IN_CHANNELS, *kernel, generator=gen,
-                         dtype=dtype)
-    guide = torch.randn(batch, num_regions, *out_size, generator=gen, dtype=dtype)
-    bias = torch.randn(OUT_CHANNELS, generator=gen, dtype=dtype) if with_bias else None
-    return x, weight, guide, bias, stride, padding, dilation
-
-
-def non_contiguous(t):
-    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
-
-
-LAYOUTS = {
-    'contiguous': lambda t: t,
-    'non_contiguous': non_contiguous,
-    'channels_last': lambda t: t.contiguous(memory_format=torch.channels_last),
-}
-
-
-def grads(out, inputs, grad_out):
-    wanted = [t for t in inputs if t is not None and t.requires_grad]
-    return torch.autograd.grad(out, wanted, grad_out)
 
 
 @pytest.mark.parametrize('geometry', GEOMETRIES)

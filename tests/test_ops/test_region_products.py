@@ -1,14 +1,13 @@
 """The ways the DRConv kernels cut a call into products, each checked against the float64 loop
-definition of tests/test_ops/test_dr_conv2d.py: forward and every gradient."""
+definition of tests/helpers.py: forward and every gradient."""
 import functools
 
 import pytest
 import torch
+from helpers import GEOMETRIES, LAYOUTS, grads, loop_dr_conv2d, loop_guide_grad, make_args
 from torch.autograd import gradcheck
 
 from drconv_mmdet.ops import cpu_extension, dr_conv2d, region_products, use_kernels
-from test_dr_conv2d import (GEOMETRIES, LAYOUTS, grads, loop_dr_conv2d, loop_guide_grad,
-                            make_args)
 
 # How a call is cut: the product-call cost that decides how far groups are padded into length
 # classes, and the band size; or the compiled CPU kernels. Every other strategy runs the PyTorch
