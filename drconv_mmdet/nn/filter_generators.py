@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from drconv_mmdet.ops.onnx_lowering import adaptive_avg_pool2d
+from .adaptive_pooling import adaptive_avg_pool2d
 
 __all__ = ['WeightAndBias', 'PaperFilterGenerator', 'BasisFilterGenerator']
 

@@ -3,10 +3,10 @@
 :func:`dr_conv2d_lowered` computes what :func:`drconv_mmdet.ops.dr_conv2d` computes, in torch ops
 that both ONNX exporters (``dynamo=True`` and the TorchScript one) turn into default-domain ONNX
 ops with dynamic batch, height and width: ``ArgMax``, ``CumSum``, ``ScatterElements``,
-``NonZero``, ``Gather``, ``MatMul``. Like the eager kernels it does the multiply-adds of one convolution:
-each region's pixels are gathered from the padded input and multiplied by that region's filter
-only. Sizes are read from tensors, never turned into Python numbers, so that nothing of the
-example input's shape is frozen into the graph.
+``NonZero``, ``Gather``, ``MatMul``. Like the eager kernels it does the multiply-adds of one
+convolution: each region's pixels are gathered from the padded input and multiplied by that
+region's filter only. Sizes are read from tensors, never turned into Python numbers, so that
+nothing of the example input's shape is frozen into the graph.
 """
 from typing import Optional, Tuple
 
@@ -16,39 +16,7 @@ from torch import Tensor
 
 from .geometry import IntPair, as_pair
 
-__all__ = ['dr_conv2d_lowered', 'adaptive_avg_pool2d_lowered', 'adaptive_avg_pool2d']
-
-
-def _bin_average(size: Tensor, bins: int, like: Tensor) -> Tensor:
-    """(bins, size): row i averages the inputs of adaptive pooling's bin i,
-    ``[floor(i * size / bins), ceil((i + 1) * size / bins))``."""
-    index = torch.arange(bins, device=like.device).unsqueeze(1)
-    begin = index * size // bins
-    end = ((index + 1) * size + bins - 1) // bins
-    position = torch.arange(size, device=like.device)
-    inside = (position >= begin) & (position < end)
-    return inside.to(like.dtype) / (end - begin).to(like.dtype)
-
-
-def adaptive_avg_pool2d_lowered(input: Tensor, output_size: Tuple[int, int]) -> Tensor:
-    """``F.adaptive_avg_pool2d`` as two ``MatMul`` with averaging matrices built from the input's
-    size, so that it exports for any input size.
-
-    The TorchScript exporter refuses adaptive pooling to a size that does not divide the input's,
-    and the dynamo exporter freezes the example's bins into the graph, wrong for other sizes.
-    """
-    height, width = input.shape[2:]
-    rows = _bin_average(height, output_size[0], input)
-    cols = _bin_average(width, output_size[1], input)
-    return rows @ input @ cols.transpose(0, 1)
-
-
-def adaptive_avg_pool2d(input: Tensor, output_size: Tuple[int, int]) -> Tensor:
-    """``F.adaptive_avg_pool2d``, or :func:`adaptive_avg_pool2d_lowered` while exporting to
-    ONNX."""
-    if torch.onnx.is_in_onnx_export():
-        return adaptive_avg_pool2d_lowered(input, output_size)
-    return F.adaptive_avg_pool2d(input, output_size)
+__all__ = ['dr_conv2d_lowered']
 
 
 def _region_ranks(region: Tensor, num_regions: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -8,8 +8,9 @@ from helpers import NEEDS_DYNAMO_EXPORTER, make_args
 
 from drconv_mmdet.deployment import check_standard_ops, export_onnx
 from drconv_mmdet.nn import DRConv2d
+from drconv_mmdet.nn.adaptive_pooling import adaptive_avg_pool2d_lowered
 from drconv_mmdet.ops import dr_conv2d, dr_conv2d_reference
-from drconv_mmdet.ops.onnx_lowering import adaptive_avg_pool2d_lowered, dr_conv2d_lowered
+from drconv_mmdet.ops.onnx_lowering import dr_conv2d_lowered
 
 # (kernel, stride, padding, dilation, regions)
 GEOMETRIES = [(3, 2, 1, 1, 4), (1, 1, 0, 1, 1), (3, 1, 2, 2, 4), (1, 2, 0, 1, 4)]

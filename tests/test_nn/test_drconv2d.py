@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drconv_mmdet.nn import BasisFilterGenerator, DRConv2d, PaperFilterGenerator
-from drconv_mmdet.nn.drconv2d import sample_guide, window_centres
+from drconv_mmdet.nn.guide_sampling import sample_guide, window_centres
 from drconv_mmdet.ops import dr_conv2d_reference
 
 

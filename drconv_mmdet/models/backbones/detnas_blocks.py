@@ -12,7 +12,7 @@ from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from mmengine.model import BaseModule, ModuleList
 from torch import Tensor
 
-from drconv_mmdet.nn.drconv2d import sample_guide
+from drconv_mmdet.nn import sample_guide
 
 # The index of an op in this tuple is how the official architecture lists encode it.
 BLOCK_OPS = ('shufflenet_3x3', 'shufflenet_5x5', 'shufflenet_7x7', 'xception_3x3')
