@@ -7,16 +7,9 @@ Same arguments as mmdet's tools/train.py. Examples::
 """
 import argparse
 import os
-import sys
 
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
-
-try:
-    import drconv_mmdet  # noqa: F401  (registers the plugin before the config is built)
-except ImportError as e:
-    sys.exit(f'drconv_mmdet cannot be imported ({e}); install it with `make setup` or '
-             '`pip install -e .` from the repository root.')
 
 from drconv_mmdet.utils import add_runner_arguments, load_tool_config, shutdown_distributed
 

@@ -1,3 +1,3 @@
+from . import layer_registration  # noqa: F401
 from .backbones import *  # noqa: F401,F403
-from .layers import *  # noqa: F401,F403
 from .necks import *  # noqa: F401,F403

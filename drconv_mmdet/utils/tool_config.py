@@ -10,7 +10,10 @@ from .checkpoint_loading import allow_mmengine_checkpoints
 from .dataset_check import check_dataset_files
 from .distributed import setup_cpu_distributed
 
-__all__ = ['add_runner_arguments', 'load_tool_config']
+__all__ = ['add_cfg_options_argument', 'add_runner_arguments', 'load_tool_config']
+
+CFG_OPTIONS_HELP = ('override settings of the config, as key=value pairs (nested keys with dots, '
+                    'lists as a=[1,2] or a=1,2)')
 
 
 class _LocalRankAction(argparse.Action):
@@ -22,14 +25,18 @@ class _LocalRankAction(argparse.Action):
         os.environ['LOCAL_RANK'] = str(values)
 
 
+def add_cfg_options_argument(parser: argparse.ArgumentParser,
+                             help: str = CFG_OPTIONS_HELP) -> None:
+    """Adds mmdet's ``--cfg-options key=value ...``, parsed into a dict by mmengine's
+    ``DictAction``."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help=help)
+
+
 def add_runner_arguments(parser: argparse.ArgumentParser, work_dir_help: str) -> None:
     """Adds the arguments train.py and test.py share: --work-dir, --cfg-options, --launcher and
     --local-rank."""
     parser.add_argument('--work-dir', help=work_dir_help)
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override settings of the config, as key=value pairs (nested keys with dots, lists '
-        'as a=[1,2] or a=1,2)')
+    add_cfg_options_argument(parser)
     parser.add_argument(
         '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
         help='job launcher')

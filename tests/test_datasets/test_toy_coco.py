@@ -9,6 +9,7 @@ from typing import Dict
 import cv2
 import numpy as np
 import pytest
+from helpers import REPO_ROOT
 from mmdet.registry import DATASETS
 from mmengine.registry import init_default_scope
 from pycocotools.coco import COCO
@@ -16,7 +17,6 @@ from pycocotools.coco import COCO
 from drconv_mmdet.datasets import (TOY_COCO_CLASSES, ToyCocoDataset, ensure_toy_coco,
                                    generate_toy_coco)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # Small images keep the tests that generate their own set fast.
 SMALL = dict(num_train=3, num_val=2, min_size=32, max_size=48)
 

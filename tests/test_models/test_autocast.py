@@ -14,8 +14,8 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 
 from drconv_mmdet.models.backbones import DetNAS
-from drconv_mmdet.models.layers import DRConv2d
 from drconv_mmdet.models.necks import DRFPN
+from drconv_mmdet.nn import DRConv2d
 from drconv_mmdet.torch_compat import get_autocast_dtype, is_autocast_enabled
 
 

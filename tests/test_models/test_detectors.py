@@ -8,7 +8,7 @@ from mmdet.registry import DATASETS, MODELS
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 
-from drconv_mmdet.models.layers import DRConv2d
+from drconv_mmdet.nn import DRConv2d
 
 
 @pytest.fixture(autouse=True)

@@ -1,24 +1,23 @@
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from helpers import REPO_ROOT
 from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from drconv_mmdet.analysis import count_madds
 from drconv_mmdet.models.backbones import (DetNAS, DetNASBlock, SpatialPointwiseUnit,
                                            convert_detnas_checkpoint, split_even_odd)
 from drconv_mmdet.models.backbones.detnas_checkpoint import VOC_ARCH_OPS
-from drconv_mmdet.models.layers import DRConv2d
-from drconv_mmdet.utils.complexity import count_madds
+from drconv_mmdet.nn import DRConv2d
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / 'configs' / 'detnas'
 
 ARCHS = tuple(DetNAS.arch_settings)

@@ -6,7 +6,7 @@ from mmdet.registry import MODELS
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import DefaultScope, init_default_scope
 
-from drconv_mmdet.models.layers import DRConv2d
+from drconv_mmdet.nn import DRConv2d
 
 
 @pytest.fixture(autouse=True)

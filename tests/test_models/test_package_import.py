@@ -6,8 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from helpers import REPO_ROOT
 
 
 def _run_python(code: str, *path_first: Path) -> subprocess.CompletedProcess:

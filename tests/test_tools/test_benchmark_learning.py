@@ -1,13 +1,12 @@
 import json
 import runpy
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO_ROOT
 
 from drconv_mmdet.nn import DRConv2d
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOL = str(REPO_ROOT / 'tools/analysis_tools/benchmark_learning.py')
 
 

@@ -1,10 +1,9 @@
 import re
 import runpy
-from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = str(REPO_ROOT / 'configs/demo/mask-rcnn_r18_fpn_toy-coco.py')
 DEMO_DRFPN_CONFIG = str(REPO_ROOT / 'configs/demo/mask-rcnn_r18_drfpn-8r_toy-coco.py')
 

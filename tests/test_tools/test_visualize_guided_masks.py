@@ -1,11 +1,11 @@
 import os
 import runpy
-from pathlib import Path
 
 import mmcv
 import numpy as np
 import pytest
 import torch
+from helpers import REPO_ROOT
 from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
@@ -13,7 +13,6 @@ from mmengine.registry import init_default_scope
 from drconv_mmdet.visualization import (REGION_PALETTE, colorize_regions, crop_to_image,
                                         draw_guided_mask)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DRFPN_CONFIG = str(REPO_ROOT / 'configs/demo/mask-rcnn_r18_drfpn-8r_toy-coco.py')
 DEMO_CONFIG = str(REPO_ROOT / 'configs/demo/mask-rcnn_r18_fpn_toy-coco.py')
 LAYERS = ('neck.fpn_convs.0.conv', 'neck.fpn_convs.1.conv')

@@ -11,7 +11,6 @@ config (the baseline). Example::
 import argparse
 import os
 import statistics
-import sys
 import time
 from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence
@@ -19,20 +18,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
-from mmengine.config import DictAction
 from mmengine.logging import MMLogger
 from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
 from torch import Tensor, nn
 
-try:
-    import drconv_mmdet  # noqa: F401  (registers the plugin before the config is built)
-except ImportError as e:
-    sys.exit(f'drconv_mmdet cannot be imported ({e}); install it with `make setup` or '
-             '`pip install -e .` from the repository root.')
-
-from drconv_mmdet.models.layers import DRConv2d
-from drconv_mmdet.utils import load_tool_config
+from drconv_mmdet.nn import DRConv2d
+from drconv_mmdet.utils import add_cfg_options_argument, load_tool_config
 
 DEFAULT_CONFIGS = (
     'configs/drconv/mask-rcnn_r50_fpn_180k_coco.py',
@@ -57,8 +49,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=1, help='untimed runs before them')
     parser.add_argument('--seed', type=int, default=0, help='seed of the weights and gradients')
     parser.add_argument('--out', help='also write the Markdown tables to this file')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
+    add_cfg_options_argument(
+        parser,
         help='override settings of every config, as key=value pairs (nested keys with dots)')
     args = parser.parse_args(argv)
     for name in ('batch', 'iters'):

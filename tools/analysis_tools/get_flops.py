@@ -10,7 +10,6 @@ convolution per output pixel. Examples::
     python tools/analysis_tools/get_flops.py CONFIG --shape 224 224 --backbone-only
 """
 import argparse
-import sys
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -18,20 +17,14 @@ import torch
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmengine.analysis import parameter_count
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from terminaltables import AsciiTable
 from torch import nn
 
-try:
-    import drconv_mmdet  # noqa: F401  (registers the plugin before the config is built)
-except ImportError as e:
-    sys.exit(f'drconv_mmdet cannot be imported ({e}); install it with `make setup` or '
-             '`pip install -e .` from the repository root.')
-
-from drconv_mmdet.models.layers import DRConv2d
-from drconv_mmdet.utils import MaddAnalyzer, load_tool_config
-from drconv_mmdet.utils.complexity import DRCONV_OP_NAME
+from drconv_mmdet.analysis import DRCONV_OP_NAME, MaddAnalyzer
+from drconv_mmdet.nn import DRConv2d
+from drconv_mmdet.utils import add_cfg_options_argument, load_tool_config
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -44,9 +37,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         'pads (800 1333 becomes 800 x 1344)')
     parser.add_argument(
         '--backbone-only', action='store_true', help='count the backbone of the model only')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override settings of the config, as key=value pairs (nested keys with dots)')
+    add_cfg_options_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -11,22 +11,14 @@ image size, the batch padding cut off), as in Fig. 3 of the DRConv paper. Exampl
 import argparse
 import os
 import os.path as osp
-import sys
 from typing import List, Optional, Sequence
 
 import mmcv
 from mmdet.apis import inference_detector, init_detector
-from mmengine.config import DictAction
 from mmengine.utils import mkdir_or_exist
 
-try:
-    import drconv_mmdet  # noqa: F401  (registers the plugin before the config is built)
-except ImportError as e:
-    sys.exit(f'drconv_mmdet cannot be imported ({e}); install it with `make setup` or '
-             '`pip install -e .` from the repository root.')
-
-from drconv_mmdet.models.layers import DRConv2d
-from drconv_mmdet.utils import allow_mmengine_checkpoints
+from drconv_mmdet.nn import DRConv2d
+from drconv_mmdet.utils import add_cfg_options_argument, allow_mmengine_checkpoints
 from drconv_mmdet.visualization import crop_to_image, draw_guided_mask
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -40,9 +32,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('images', nargs='+', help='image files, or folders of images')
     parser.add_argument('--out-dir', required=True, help='folder the pictures are written to')
     parser.add_argument('--device', default='cpu', help='device used for inference')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override settings of the config, as key=value pairs (nested keys with dots)')
+    add_cfg_options_argument(parser)
     return parser.parse_args(argv)
 
 

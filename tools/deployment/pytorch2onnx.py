@@ -12,22 +12,15 @@ test input. Examples::
 """
 import argparse
 import os.path as osp
-import sys
 from typing import Sequence
 
 import numpy as np
 import torch
-from mmengine.config import DictAction
-
-try:
-    import drconv_mmdet  # noqa: F401  (registers the plugin before the config is built)
-except ImportError as e:
-    sys.exit(f'drconv_mmdet cannot be imported ({e}); install it with `make setup` or '
-             '`pip install -e .` from the repository root.')
 
 from drconv_mmdet.deployment import EXPORTERS, check_standard_ops, default_exporter, export_onnx
-from drconv_mmdet.deployment.onnx_export import DEFAULT_OPSETS
 from drconv_mmdet.deployment.detector import build_detector, exporter_for
+from drconv_mmdet.deployment.onnx_export import DEFAULT_OPSETS
+from drconv_mmdet.utils import add_cfg_options_argument
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,9 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--opset', type=int,
                         help='ONNX opset (>= 17). Default: 18 for dynamo, 17 for torchscript')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random test input')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override settings of the config, as key=value pairs (nested keys with dots)')
+    add_cfg_options_argument(parser)
     return parser.parse_args()
 
 

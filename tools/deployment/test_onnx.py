@@ -10,22 +10,14 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 
 import torch
-from mmengine.config import DictAction
 from mmengine.evaluator import Evaluator
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmengine.structures import InstanceData
 
-try:
-    import drconv_mmdet  # noqa: F401  (registers the plugin before the config is built)
-except ImportError as e:
-    sys.exit(f'drconv_mmdet cannot be imported ({e}); install it with `make setup` or '
-             '`pip install -e .` from the repository root.')
-
-from drconv_mmdet.utils import load_tool_config
+from drconv_mmdet.utils import add_cfg_options_argument, load_tool_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -35,9 +27,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=0,
                         help='ONNX Runtime intra-op threads (default 0: its own choice)')
     parser.add_argument('--work-dir', help='where the metrics are written')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override settings of the config, as key=value pairs (nested keys with dots)')
+    add_cfg_options_argument(parser)
     return parser.parse_args()
 
 

@@ -24,20 +24,14 @@ from typing import Dict, List
 
 import torch
 from mmdet.registry import MODELS
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import CheckpointLoader
 from mmengine.utils import mkdir_or_exist
 from torch import Tensor, nn
 
-try:
-    import drconv_mmdet  # noqa: F401  (registers the plugin before the config is built)
-except ImportError as e:
-    sys.exit(f'drconv_mmdet cannot be imported ({e}); install it with `make setup` or '
-             '`pip install -e .` from the repository root.')
-
 from drconv_mmdet.nn import DRConv2d
-from drconv_mmdet.utils import allow_mmengine_checkpoints
+from drconv_mmdet.utils import add_cfg_options_argument, allow_mmengine_checkpoints
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,10 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('plain_checkpoint', help='checkpoint of the plain detector (path or URL)')
     parser.add_argument('config', help='config of the DRConv detector')
     parser.add_argument('out', help='path of the checkpoint to write')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
+    add_cfg_options_argument(
+        parser,
         help='override settings of the config, as tools/train.py does (pass the same ones '
         'when training from the output)')
     return parser.parse_args()

@@ -19,10 +19,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from drconv_mmdet.torch_compat import register_load_state_dict_pre_hook
 from .detnas_blocks import BLOCK_OPS, DetNASBlock, SpatialPointwiseUnit
 
-
 # The official code searched one op list for the 1.3G and 3.8G nets; they differ in width only.
-_LARGE_ARCH_OPS = (0, 0, 3, 1, 2, 1, 0, 2, 0, 3, 1, 2, 3, 3, 2, 0, 2, 1, 1, 3, 2, 0, 2, 2, 2, 1, 3, 1,
-                   0, 3, 3, 3, 1, 3, 3, 3, 3, 3, 3, 3)
+_LARGE_ARCH_OPS = (0, 0, 3, 1, 2, 1, 0, 2, 0, 3, 1, 2, 3, 3, 2, 0, 2, 1, 1, 3, 2, 0, 2, 2, 2, 1, 3,
+                   1, 0, 3, 3, 3, 1, 3, 3, 3, 3, 3, 3, 3)
 
 
 @MODELS.register_module()

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from drconv_mmdet.models.layers import DRConv2d
-from drconv_mmdet.utils import MaddAnalyzer, count_madds
+from drconv_mmdet.analysis import MaddAnalyzer, count_madds
+from drconv_mmdet.nn import DRConv2d
 
 
 def test_plain_network_counts_conv_and_linear_only():
