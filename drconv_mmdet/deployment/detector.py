@@ -2,9 +2,10 @@
 
 The wrappers run mmdet's own modules (data preprocessor settings, backbone, neck, RPN head, RoI
 extractors' level mapping, bbox head, bbox coder, mask head) and replace only what does not
-export: mmcv's NMS and RoI Align become :func:`~drconv_mmdet.deployment.ops.nms` and
-:func:`~drconv_mmdet.deployment.ops.roi_align` (ONNX ``NonMaxSuppression`` and ``RoiAlign``), and
-the per-image Python logic of the heads' ``predict`` becomes tensor code with dynamic sizes.
+export: mmcv's NMS and RoI Align become :func:`~drconv_mmdet.deployment.exportable_ops.nms` and
+:func:`~drconv_mmdet.deployment.exportable_ops.roi_align` (ONNX ``NonMaxSuppression`` and
+``RoiAlign``), and the per-image Python logic of the heads' ``predict`` becomes tensor code with
+dynamic sizes.
 
 Both take the image as the test pipeline yields it, resized but neither normalised nor padded:
 ``(B, 3, H, W)`` float in the pipeline's channel order, 0-255. Normalisation and padding to the
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import nms, roi_align
+from .exportable_ops import nms, roi_align
 
 __all__ = ['FeatureExporter', 'TwoStageExporter', 'exporter_for', 'build_detector']
 

@@ -75,7 +75,7 @@ def export_onnx(model: nn.Module,
                                   f"exporter='torchscript'")
     if opset_version is None:
         opset_version = DEFAULT_OPSETS[exporter]
-    from .ops import custom_translation_table, register_torchscript_symbolics
+    from .exportable_ops import custom_translation_table, register_torchscript_symbolics
     model = model.eval()
     with torch.no_grad():
         if exporter == 'torchscript':
