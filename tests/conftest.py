@@ -3,7 +3,16 @@
 Importable with torch and pytest alone, so that ``pytest tests/test_ops tests/test_nn`` runs without
 OpenMMLab: what needs mmengine or mmdet imports it where it is used.
 """
+import os
+
 import pytest
+import torch
+
+# Without a CUDA device the Triton kernels' tests run them in Triton's interpreter, which triton
+# reads when it is imported; torch imports it lazily (on a registered op's first call, say), so
+# this is set before any test runs.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
 
 
 @pytest.fixture(scope='session')

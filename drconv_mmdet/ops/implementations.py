@@ -29,8 +29,8 @@ from torch import Tensor
 from . import cpu_extension
 from .geometry import Geometry
 from .region_products import (bias_grad, conv_memory_format, quiet_under_tracing,
-                              region_conv_forward, region_input_weight_grads,
-                              region_response_dots, straight_through_guide_grad)
+                              region_conv_forward, region_input_weight_grads, region_response_dots,
+                              straight_through_guide_grad)
 
 __all__ = [
     'IMPLEMENTATIONS', 'use_kernels', 'chosen_kernels', 'default_kernels', 'kernels_for',

@@ -412,8 +412,8 @@ def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Opti
     filters = _filters_along_channels(weight)
     blocks = _blocks(input.dtype, out_channels, channels)
     num_pixels = routing.rows.numel()
-    grid = (triton.cdiv(num_pixels, blocks.pixels), triton.cdiv(out_channels,
-                                                               blocks.out_channels))
+    grid = (triton.cdiv(num_pixels, blocks.pixels),
+            triton.cdiv(out_channels, blocks.out_channels))
     _forward_kernel[grid](x, filters, output if bias is None else bias, output, routing.rows,
                           routing.regions, num_pixels, num_regions, channels, out_channels,
                           *_geometry_args(input, geo), *x.stride(), *filters.stride(),

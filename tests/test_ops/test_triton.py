@@ -2,10 +2,8 @@
 layouts, dtypes, empty regions, ties and NaNs, unwritten outputs, deterministic mode and host
 syncs.
 
-Without a CUDA device the kernels run on CPU tensors in Triton's interpreter: TRITON_INTERPRET=1
-is set for each test here (triton reads it when the kernels are defined, on the first Triton
-call, and when they run), not for the session, where it would turn every Triton kernel of
-torch.compile into interpreted code. With a CUDA device they are compiled and run there.
+Without a CUDA device the kernels run on CPU tensors in Triton's interpreter (tests/conftest.py
+sets TRITON_INTERPRET=1 before triton is imported); with one they are compiled and run there.
 """
 import functools
 import importlib.util
@@ -14,10 +12,10 @@ import sys
 
 import pytest
 import torch
+from helpers import GEOMETRIES, LAYOUTS, grads, loop_dr_conv2d, loop_guide_grad
 
 from drconv_mmdet.ops import dr_conv2d, implementations, use_kernels
 from drconv_mmdet.ops.geometry import make_geometry
-from test_dr_conv2d import GEOMETRIES, LAYOUTS, grads, loop_dr_conv2d, loop_guide_grad
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 # requirements/tests.txt installs triton where its wheels exist: there a missing triton fails.
@@ -39,13 +37,11 @@ TOLERANCES = {
 @pytest.fixture(autouse=True)
 def kernels(monkeypatch):
     """The Triton kernels' module, interpreted where no CUDA device is present."""
-    if DEVICE == 'cpu':
-        monkeypatch.setenv('TRITON_INTERPRET', '1')
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     module = implementations.triton_kernels()
     assert module is not None, 'triton does not import'
     assert module.INTERPRETED == (DEVICE == 'cpu'), (
-        'the Triton kernels were defined before this module set TRITON_INTERPRET')
+        'TRITON_INTERPRET=1 must be set before triton is imported (tests/conftest.py)')
     return module
 
 

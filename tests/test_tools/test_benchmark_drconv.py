@@ -1,3 +1,5 @@
+import importlib.util
+import platform
 import runpy
 from pathlib import Path
 
@@ -57,15 +59,24 @@ def test_cuda_without_a_device(tool, monkeypatch):
         tool['parse_args'](['--device', 'cuda'])
 
 
-def test_pytorch_kernels_switch(tool, capsys, monkeypatch):
-    from drconv_mmdet.ops import cpu_extension, region_products
+def test_implementation_choice(tool, capsys):
+    from drconv_mmdet.ops import cpu_extension
 
-    # The tool switches the module flag for the process; monkeypatch restores it after the test.
-    monkeypatch.setattr(region_products, 'USE_CPU_EXTENSION', True)
     tool['main'](TINY + ['--parts', 'op'])
     default = (f'compiled ({cpu_extension.instruction_set()})'
                if cpu_extension.AVAILABLE else 'PyTorch')
     assert f'{default} CPU kernels' in capsys.readouterr().out
-    tool['main'](TINY + ['--parts', 'op', '--pytorch-kernels'])
+    tool['main'](TINY + ['--parts', 'op', '--implementation', 'pytorch'])
     assert 'PyTorch CPU kernels' in capsys.readouterr().out
-    assert region_products.USE_CPU_EXTENSION is False
+
+
+@pytest.mark.skipif(
+    not (platform.system() == 'Linux' and platform.machine() == 'x86_64')
+    and importlib.util.find_spec('triton') is None,
+    reason=f'triton has no wheels for {platform.system()} {platform.machine()}')
+def test_triton_choice(tool, capsys):
+    """The Triton kernels on a CUDA device, else on CPU in Triton's interpreter (see
+    tests/conftest.py)."""
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    tool['main'](TINY + ['--parts', 'op', '--device', device, '--implementation', 'triton'])
+    assert ', Triton ' in capsys.readouterr().out

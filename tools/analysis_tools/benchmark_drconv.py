@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from drconv_mmdet.nn import DRConv2d
-from drconv_mmdet.ops import cpu_extension, dr_conv2d, dr_conv2d_reference, region_products
+from drconv_mmdet.ops import cpu_extension, dr_conv2d, dr_conv2d_reference, use_kernels
+from drconv_mmdet.ops.implementations import IMPLEMENTATIONS, kernels_for
 
 DETNAS_CONFIGS = {
     'plain': 'configs/detnas/faster-rcnn_detnas-300m_fpn-4conv1fc_90k_coco.py',
@@ -93,9 +94,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='run every case under torch.autocast in this dtype, as training '
                         'with --amp does (default: float32)')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
-    parser.add_argument('--pytorch-kernels', action='store_true',
-                        help='run the op\'s PyTorch kernels on CPU even where its compiled CPU '
-                        'kernels are built')
+    parser.add_argument('--implementation', default='auto', choices=('auto', ) + IMPLEMENTATIONS,
+                        help='the op\'s kernels (docs/kernels.md): each device\'s default, or '
+                        'one implementation for every call')
     parser.add_argument('--timer', default='wall', choices=['wall', 'cpu'],
                         help='wall clock, or the process\'s CPU time: with --threads 1 on a '
                         'machine shared with other jobs, CPU time leaves out the time the process '
@@ -303,8 +304,7 @@ def measure_memory(part: str, case: Case, name: str, args: argparse.Namespace) -
                args.device]
     if args.threads:
         command += ['--threads', str(args.threads)]
-    if args.pytorch_kernels:
-        command.append('--pytorch-kernels')
+    command += ['--implementation', args.implementation]
     if args.amp:
         command += ['--amp', args.amp]
     result = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -343,8 +343,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.pytorch_kernels:
-        region_products.USE_CPU_EXTENSION = False
+    with use_kernels(None if args.implementation == 'auto' else args.implementation):
+        run(args)
+
+
+def kernels_label(device: str, dtype: torch.dtype) -> str:
+    """The implementation the op runs for ``device`` and ``dtype`` in this run."""
+    implementation = kernels_for(torch.empty(0, device=device, dtype=dtype))
+    if implementation == 'compiled':
+        return f'compiled ({cpu_extension.instruction_set()})'
+    return {'pytorch': 'PyTorch', 'triton': 'Triton'}[implementation]
+
+
+def run(args: argparse.Namespace) -> None:
     if args.memory_case:
         spec = json.loads(args.memory_case)
         case = Case(**{**spec['case'], 'size': tuple(spec['case']['size'])})
@@ -379,11 +390,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         lines = table_header(part, list(rows[0]['times']), args.memory)
         lines += [table_row(row, args.memory) for row in rows]
         tables.append(f'### {part}\n\n' + '\n'.join(lines))
+    kernels = kernels_label(args.device, AMP_DTYPES[args.amp] if args.amp else torch.float32)
     if args.device == 'cuda':
-        device = torch.cuda.get_device_name()
+        device = f'{torch.cuda.get_device_name()}, {kernels} kernels'
     else:
-        compiled = cpu_extension.AVAILABLE and region_products.USE_CPU_EXTENSION
-        kernels = f'compiled ({cpu_extension.instruction_set()})' if compiled else 'PyTorch'
         device = (f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
                   f'{torch.get_num_threads()} threads, {kernels} CPU kernels')
     text = (f'{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {device}, torch '
