@@ -67,6 +67,7 @@ def _export(detector, features_only, path, exporter):
     return wrapper, ops
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, exporter', [
     pytest.param('drfpn', 'dynamo', marks=NEEDS_DYNAMO_EXPORTER), ('detnas', 'torchscript')])
 def test_features_match(request, tmp_path, name, exporter):
@@ -96,6 +97,7 @@ def _assert_same_detections(actual, expected, masks_too):
         assert actual[3].shape[0] == len(labels)
 
 
+@pytest.mark.slow
 # The dynamo exporter takes minutes on these graphs (symbolic shapes of every region's
 # pixel count); it is checked on the DRFPN features above.
 @pytest.mark.parametrize('name, exporter', [('drfpn', 'torchscript'), ('detnas', 'torchscript')])
@@ -134,6 +136,7 @@ def _metrics(work_dir, pattern):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_onnx_coco_map_equals_pytorch(trained_drfpn, toy_coco_root, tmp_path):
     checkpoint, onnx_file = trained_drfpn
     # One image per batch: mmdet pads a batch to its largest image, which changes the features.
@@ -151,6 +154,7 @@ def test_onnx_coco_map_equals_pytorch(trained_drfpn, toy_coco_root, tmp_path):
         assert abs(actual[key] - expected[key]) <= 0.005, (key, actual[key], expected[key])
 
 
+@pytest.mark.slow
 def test_pytorch2onnx_rejects_a_low_opset(tmp_path):
     result = run_tool(PY, 'tools/deployment/pytorch2onnx.py', DEMO_DRFPN_CONFIG, '--out',
                       str(tmp_path / 'a.onnx'), '--opset', '13')
@@ -158,6 +162,7 @@ def test_pytorch2onnx_rejects_a_low_opset(tmp_path):
     assert 'ValueError: --opset must be >= 17' in result.stderr
 
 
+@pytest.mark.slow
 def test_test_onnx_rejects_a_features_file(tmp_path, toy_coco_root):
     detector = _seeded_detector(DEMO_DRFPN_CONFIG)
     path = str(tmp_path / 'features.onnx')

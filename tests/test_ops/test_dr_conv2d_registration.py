@@ -103,6 +103,7 @@ def test_compile_under_autocast():
     _compiled_matches_eager('aot_eager', [(9, 8)], autocast_dtype=torch.bfloat16)
 
 
+@pytest.mark.slow
 def test_compile_inductor():
     """One small function: inductor's start-up, not the graph, is most of the time."""
     torch._dynamo.reset()

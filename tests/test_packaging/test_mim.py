@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 from helpers import DEMO_DRFPN_CONFIG, REPO_ROOT, tiny_run_options
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get('DRCONV_MIM_ROUTE') != '1',
-    reason='needs openmim and a regular install of the plugin, as `make test-mim` sets up')
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get('DRCONV_MIM_ROUTE') != '1',
+        reason='needs openmim and a regular install of the plugin, as `make test-mim` sets up'),
+]
 
 MIM = str(Path(sys.executable).with_name('mim'))
 

@@ -58,6 +58,7 @@ def _test(config, checkpoint, data_root, work_dir, *options):
         return metrics, pickle.load(f)
 
 
+@pytest.mark.slow
 def test_converted_detector_predicts_as_the_plain_one_and_trains_on(plain_checkpoint,
                                                                     toy_coco_root, tmp_path):
     converted = str(tmp_path / 'drfpn_from_plain.pth')
@@ -92,6 +93,7 @@ def test_converted_detector_predicts_as_the_plain_one_and_trains_on(plain_checkp
     assert (work_dir / 'iter_1.pth').is_file()
 
 
+@pytest.mark.slow
 def test_cli_refuses_the_paper_generator_on_3x3_convs_without_static_kernel(plain_checkpoint,
                                                                             tmp_path):
     out = tmp_path / 'out.pth'

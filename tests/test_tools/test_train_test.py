@@ -36,6 +36,7 @@ def _train_log(work_dir):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoints_and_finite_losses(trained):
     assert osp.isfile(osp.join(trained, 'iter_2.pth'))
     assert osp.isfile(osp.join(trained, 'iter_4.pth'))
@@ -43,6 +44,7 @@ def test_train_writes_checkpoints_and_finite_losses(trained):
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
 
 
+@pytest.mark.slow
 def test_test_reports_coco_metrics(trained, toy_coco_root, tmp_path):
     out = str(tmp_path / 'results.pkl')
     result = run_tool(PY, 'tools/test.py', DEMO_CONFIG, osp.join(trained, 'iter_4.pth'),
@@ -55,6 +57,7 @@ def test_test_reports_coco_metrics(trained, toy_coco_root, tmp_path):
     assert osp.getsize(out) > 0
 
 
+@pytest.mark.slow
 def test_resume_restores_iteration_and_optimizer(trained, toy_coco_root, tmp_path):
     checkpoint = osp.join(trained, 'iter_2.pth')
     allow_mmengine_checkpoints()
@@ -72,6 +75,7 @@ def test_resume_restores_iteration_and_optimizer(trained, toy_coco_root, tmp_pat
         torch.testing.assert_close(restored[key]['momentum_buffer'], state['momentum_buffer'])
 
 
+@pytest.mark.slow
 def test_resume_continues_from_saved_iteration(trained, toy_coco_root, tmp_path):
     work_dir = str(tmp_path)
     result = run_tool(PY, 'tools/train.py', DEMO_CONFIG, '--work-dir', work_dir, '--resume',
@@ -91,6 +95,7 @@ def _two_process_env():
     return dict(PYTHON=PY, PORT=str(port), OMP_NUM_THREADS='1')
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training(toy_coco_root, tmp_path):
     work_dir = str(tmp_path)
     result = run_tool('bash', 'tools/dist_train.sh', DEMO_CONFIG, '2', '--work-dir', work_dir,
@@ -100,6 +105,7 @@ def test_two_process_gloo_training(toy_coco_root, tmp_path):
     assert 'Distributed training is not used' not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_two_process_gloo_testing(trained, toy_coco_root, tmp_path):
     result = run_tool('bash', 'tools/dist_test.sh', DEMO_CONFIG, osp.join(trained, 'iter_4.pth'),
                       '2', '--work-dir', str(tmp_path), *tiny_run_options(toy_coco_root),
@@ -146,6 +152,7 @@ def test_missing_config():
         load_tool_config(missing, None, None, 'none')
 
 
+@pytest.mark.slow
 def test_missing_checkpoints_stop_the_tools(toy_coco_root, tmp_path):
     missing = str(tmp_path / 'nope.pth')
     result = run_tool(PY, 'tools/test.py', DEMO_CONFIG, missing, *tiny_run_options(toy_coco_root))
@@ -157,6 +164,7 @@ def test_missing_checkpoints_stop_the_tools(toy_coco_root, tmp_path):
     assert f"FileNotFoundError: --resume checkpoint '{missing}' does not exist" in result.stderr
 
 
+@pytest.mark.slow
 def test_detnas_drconv_config_trains_on_toy_set(toy_coco_root, tmp_path):
     """The DetNAS-300M 8R config trains on one CPU process (mmengine turns SyncBN into BN)."""
     config = 'configs/detnas/faster-rcnn_detnas-300m-drconv-8r_fpn-4conv1fc_90k_coco.py'
