@@ -263,8 +263,9 @@ def summarise(variant: Dict[str, object], runs: List[Dict[str, object]],
     if baseline is not None and variant['generator'] != 'conv':
         row['delta'] = row['acc_mean'] - baseline['acc_mean']
         base_acc = [r['accuracy'] for r in baseline['runs']]
-        if len(acc) > 1 and len(base_acc) > 1 and (statistics.variance(acc) +
-                                                    statistics.variance(base_acc)) > 0:
+        spread = len(acc) > 1 and len(base_acc) > 1 and (
+            statistics.variance(acc) + statistics.variance(base_acc)) > 0
+        if spread:
             row['p_value'] = float(ttest_ind(acc, base_acc, equal_var=False).pvalue)
     return row
 
