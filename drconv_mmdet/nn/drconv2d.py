@@ -248,14 +248,28 @@ class DRConv2d(nn.Module):
             if not self.with_guide_conv:
                 raise ValueError('guide is required: this DRConv2d was built with '
                                  'with_guide_conv=False')
-            guide = F.conv2d(x, self.guide.weight, self.guide.bias, self.stride, self.padding,
-                             self.dilation)
+            guide = self.guide_logits(x)
         else:
             guide = self._fit_guide(x, guide)
         if self.record_mask:
             self.last_mask = guide.detach().argmax(dim=1)
         return dr_conv2d(x, self.generator(x), guide, self.bias, self.stride, self.padding,
                          self.dilation)
+
+    def guide_logits(self, x: Tensor) -> Tensor:
+        """The guided feature of the layer's own guide conv (Eq. 4), for layers that share it.
+
+        Args:
+            x (Tensor[B, C, H, W]): input features.
+
+        Returns:
+            Tensor[B, m, Ho, Wo]: guide logits at the output size; their argmax is the region.
+        """
+        if not self.with_guide_conv:
+            raise ValueError('this DRConv2d was built with with_guide_conv=False and has no '
+                             'guide conv')
+        return F.conv2d(x, self.guide.weight, self.guide.bias, self.stride, self.padding,
+                        self.dilation)
 
     def _fit_guide(self, x: Tensor, guide: Tensor) -> Tensor:
         if guide.dim() != 4 or guide.shape[:2] != (x.shape[0], self.region_num):
