@@ -3,6 +3,7 @@ import copy
 
 import pytest
 import torch
+from helpers import make_args
 from torch import nn
 
 from drconv_mmdet.nn import DRConv2d
@@ -15,19 +16,18 @@ pytestmark = pytest.mark.skipif(
 
 
 def _op_args(channels_last=False, with_bias=True, requires_grad=True, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(0)
+    """The registered op's arguments, its geometry as the int lists of its schema."""
     # 3x2 kernel, stride (2, 1), padding (1, 0), dilation (1, 2) on a 7x9 input: 4x7 output.
-    x = torch.randn(2, 3, 7, 9, generator=gen, dtype=dtype)
-    weight = torch.randn(2, 4, 5, 3, 3, 2, generator=gen, dtype=dtype)
-    guide = torch.randn(2, 4, 4, 7, generator=gen, dtype=dtype)
-    bias = torch.randn(5, generator=gen, dtype=dtype) if with_bias else None
+    x, weight, guide, bias, *geometry = make_args(
+        2, 4, ((3, 2), (2, 1), (1, 0), (1, 2)), dtype, with_bias=with_bias, out_channels=5,
+        size=(7, 9))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
         guide = guide.contiguous(memory_format=torch.channels_last)
     for t in (x, weight, guide, bias):
         if t is not None:
             t.requires_grad_(requires_grad)
-    return x, weight, guide, bias, [2, 1], [1, 0], [1, 2]
+    return (x, weight, guide, bias, *(list(pair) for pair in geometry))
 
 
 @pytest.mark.parametrize('kwargs', [
@@ -85,11 +85,13 @@ def _compiled_matches_eager(backend, sizes, dynamic=None, autocast_dtype=None):
             torch.testing.assert_close(compiled_param.grad, param.grad, **tolerance, msg=name)
 
 
+@pytest.mark.slow
 def test_compile_aot_eager_fullgraph():
     torch._dynamo.reset()
     _compiled_matches_eager('aot_eager', [(9, 8)])
 
 
+@pytest.mark.slow
 def test_compile_dynamic_shapes():
     """Symbolic sizes go through the checks and the fake kernels unspecialised: a new input size
     needs no new graph."""
@@ -98,6 +100,7 @@ def test_compile_dynamic_shapes():
         _compiled_matches_eager('aot_eager', [(9, 8), (7, 11)], dynamic=True)
 
 
+@pytest.mark.slow
 def test_compile_under_autocast():
     torch._dynamo.reset()
     _compiled_matches_eager('aot_eager', [(9, 8)], autocast_dtype=torch.bfloat16)
