@@ -96,18 +96,26 @@ std::pair<int64_t, int64_t> as_pair(at::IntArrayRef values, const char* name) {
   return {values[0], values[1]};
 }
 
-// The problem of a call, its arguments checked; `regions` where the call takes them.
+void check_cpu(const Tensor& tensor, const char* name) {
+  TORCH_CHECK(tensor.device().is_cpu(), name, " must be on the CPU, but is on ", tensor.device());
+}
+
+// The problem of a call, its arguments checked; `regions` where the call takes them. Every tensor
+// may have any strides except `weight`, which is read in place.
 Problem make_problem(const Tensor& input, const Tensor& weight,
                      const c10::optional<Tensor>& regions, at::IntArrayRef stride,
                      at::IntArrayRef padding, at::IntArrayRef dilation) {
   TORCH_CHECK(input.dim() == 4, "input must be 4-D (B, C, H, W), but got shape ", input.sizes());
   TORCH_CHECK(weight.dim() == 6, "weight must be 6-D (B, m, O, C, kh, kw), but got shape ",
               weight.sizes());
-  TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu() &&
-                  (!regions.has_value() || regions->device().is_cpu()),
-              "input, weight and regions must be on the CPU");
-  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "weight must have the dtype of input (",
-              input.scalar_type(), "), but got ", weight.scalar_type());
+  check_cpu(input, "input");
+  check_cpu(weight, "weight");
+  const at::ScalarType dtype = input.scalar_type();
+  TORCH_CHECK(dtype == at::kDouble || dtype == at::kFloat || dtype == at::kBFloat16 ||
+                  dtype == at::kHalf,
+              "input must be Double, Float, BFloat16 or Half, but got ", dtype);
+  TORCH_CHECK(weight.scalar_type() == dtype, "weight must have the dtype of input (", dtype,
+              "), but got ", weight.scalar_type());
   TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
   Problem pb;
   pb.batch = input.size(0);
@@ -118,9 +126,10 @@ Problem make_problem(const Tensor& input, const Tensor& weight,
   pb.out_channels = weight.size(2);
   pb.kernel_h = weight.size(4);
   pb.kernel_w = weight.size(5);
-  TORCH_CHECK(weight.size(0) == pb.batch && weight.size(3) == pb.channels,
-              "weight must have shape (B=", pb.batch, ", m, O, C=", pb.channels,
-              ", kh, kw), but got ", weight.sizes());
+  TORCH_CHECK(weight.size(0) == pb.batch && pb.regions > 0 && weight.size(3) == pb.channels &&
+                  pb.kernel_h > 0 && pb.kernel_w > 0,
+              "weight must have shape (B=", pb.batch, ", m>0, O, C=", pb.channels,
+              ", kh>0, kw>0), but got ", weight.sizes());
   std::tie(pb.stride_h, pb.stride_w) = as_pair(stride, "stride");
   std::tie(pb.pad_h, pb.pad_w) = as_pair(padding, "padding");
   std::tie(pb.dilation_h, pb.dilation_w) = as_pair(dilation, "dilation");
@@ -134,6 +143,7 @@ Problem make_problem(const Tensor& input, const Tensor& weight,
   if (!regions.has_value()) {
     return pb;
   }
+  check_cpu(*regions, "regions");
   const bool is_map = regions->scalar_type() == at::kLong && regions->dim() == 2 &&
                       regions->size(0) == pb.batch && regions->size(1) == pb.out_pixels();
   const bool is_guide = at::isFloatingType(regions->scalar_type()) && regions->dim() == 4 &&
@@ -144,6 +154,28 @@ Problem make_problem(const Tensor& input, const Tensor& weight,
               ", m=", pb.regions, ", Ho=", pb.out_h, ", Wo=", pb.out_w, "), but got ",
               regions->scalar_type(), " of shape ", regions->sizes());
   return pb;
+}
+
+void check_bias(const Problem& pb, const c10::optional<Tensor>& bias, const Tensor& input) {
+  if (!bias.has_value() || !bias->defined()) {
+    return;
+  }
+  check_cpu(*bias, "bias");
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == pb.out_channels &&
+                  bias->scalar_type() == input.scalar_type(),
+              "bias must be a ", input.scalar_type(), " tensor of shape (O=", pb.out_channels,
+              "), but got ", bias->scalar_type(), " of shape ", bias->sizes());
+}
+
+void check_grad_output(const Problem& pb, const Tensor& grad_output, const Tensor& input) {
+  check_cpu(grad_output, "grad_output");
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == pb.batch &&
+                  grad_output.size(1) == pb.out_channels && grad_output.size(2) == pb.out_h &&
+                  grad_output.size(3) == pb.out_w &&
+                  grad_output.scalar_type() == input.scalar_type(),
+              "grad_output must be a ", input.scalar_type(), " tensor of shape (", pb.batch, ", ",
+              pb.out_channels, ", ", pb.out_h, ", ", pb.out_w, "), but got ",
+              grad_output.scalar_type(), " of shape ", grad_output.sizes());
 }
 
 // The layout nn.Conv2d gives a result computed from `tensor` (as conv_memory_format in
@@ -429,17 +461,28 @@ std::vector<Run> forward_runs(const Problem& pb, const Groups& groups, int64_t t
   return runs;
 }
 
-// A group's filter (O, C * taps) in the computation's dtype: in place, or converted into
-// `converted`.
+// Columns [first, first + width) of a filter matrix (rows, ld) in the computation's dtype: in
+// place, or converted into `converted` (rows * ld values, the same places); the result points
+// at column `first` of row 0.
+template <typename scalar_t, typename acc_t>
+const acc_t* filter_columns_in(const scalar_t* filter, int64_t rows, int64_t ld, int64_t first,
+                               int64_t width, std::vector<acc_t>& converted) {
+  if constexpr (std::is_same<acc_t, scalar_t>::value) {
+    return filter + first;
+  } else {
+    for (int64_t row = 0; row < rows; ++row) {
+      std::transform(filter + row * ld + first, filter + row * ld + first + width,
+                     converted.begin() + row * ld + first,
+                     [](scalar_t value) { return acc_t(value); });
+    }
+    return converted.data() + first;
+  }
+}
+
+// `values` filter values in the computation's dtype: in place, or converted into `converted`.
 template <typename scalar_t, typename acc_t>
 const acc_t* filter_in(const scalar_t* filter, int64_t values, std::vector<acc_t>& converted) {
-  if constexpr (std::is_same<acc_t, scalar_t>::value) {
-    return filter;
-  } else {
-    std::transform(filter, filter + values, converted.begin(),
-                   [](scalar_t value) { return acc_t(value); });
-    return converted.data();
-  }
+  return filter_columns_in(filter, 1, values, 0, values, converted);
 }
 
 // Pixels of a tile on planes: as many as keep the larger of its gathered windows and its
@@ -604,6 +647,7 @@ Tensor region_forward(const Tensor& input, const Tensor& weight, const Tensor& r
                       const c10::optional<Tensor>& bias, at::IntArrayRef stride,
                       at::IntArrayRef padding, at::IntArrayRef dilation) {
   const Problem pb = make_problem(input, weight, regions, stride, padding, dilation);
+  check_bias(pb, bias, input);
   // Off the planes, results go to their pixels in channels-last rows, one contiguous row per
   // pixel: a pixel's values in O planes of a map larger than the cache would be O scattered
   // writes, each to a cache line that the other regions' pixels write again. NCHW results are
@@ -726,9 +770,8 @@ void backward_planes(const Problem& pb, const Tensor& input, const Tensor& weigh
         }
         const acc_t* filter = nullptr;
         if (grad_planes) {
-          filter = filter_in(weight_data + g * out_channels * window, out_channels * window,
-                             converted) +
-                   first * taps;
+          filter = filter_columns_in(weight_data + g * out_channels * window, out_channels,
+                                     window, first * taps, width, converted);
         }
         for (int64_t start = groups.start[g]; start < groups.start[g + 1]; start += tile) {
           const int64_t count = std::min(tile, groups.start[g + 1] - start);
@@ -798,8 +841,8 @@ void backward_rows(const Problem& pb, const Tensor& input, const Tensor& weight,
     return [&, cols = std::vector<acc_t>(tile * block_width),
             grads = std::vector<acc_t>(tile * out_channels),
             grad_cols = std::vector<acc_t>(grad_rows ? tile * block_width : 0),
-            filter_block = std::vector<acc_t>(out_channels * block_width),
-            grad_filter_block = std::vector<acc_t>(out_channels * block_width)](
+            filter_block = std::vector<acc_t>(grad_rows ? out_channels * block_width : 0),
+            grad_filter_block = std::vector<acc_t>(grad_weight ? out_channels * block_width : 0)](
                int64_t task) mutable {
       const int64_t b = task / blocks.count, first = (task % blocks.count) * blocks.size;
       const int64_t channels = std::min(blocks.size, pb.channels - first);
@@ -807,7 +850,8 @@ void backward_rows(const Problem& pb, const Tensor& input, const Tensor& weight,
       for (int64_t r = 0; r < pb.regions; ++r) {
         const int64_t g = b * pb.regions + r, count_all = groups.size(g);
         const scalar_t* filter_source = weight_data + g * out_channels * window;
-        scalar_t* grad_filter_dest = grad_weight_data + g * out_channels * window;
+        scalar_t* grad_filter_dest =
+            grad_weight ? grad_weight_data + g * out_channels * window : nullptr;
         if (count_all == 0) {
           if (grad_weight) {
             zero_filter_block(pb, grad_filter_dest, first, channels);
@@ -822,8 +866,9 @@ void backward_rows(const Problem& pb, const Tensor& input, const Tensor& weight,
         const acc_t* filter = in_place
                                   ? reinterpret_cast<const acc_t*>(filter_source) + first * taps
                                   : filter_block.data();
-        acc_t* grad_filter = in_place ? reinterpret_cast<acc_t*>(grad_filter_dest) + first * taps
-                                      : grad_filter_block.data();
+        acc_t* grad_filter = !grad_weight ? nullptr
+                             : in_place   ? reinterpret_cast<acc_t*>(grad_filter_dest) + first * taps
+                                          : grad_filter_block.data();
         if (!in_place && grad_rows) {
           const auto copy = [&](int64_t from, int64_t to) {
             filter_block[to] = acc_t(filter_source[from]);
@@ -865,17 +910,6 @@ void backward_rows(const Problem& pb, const Tensor& input, const Tensor& weight,
       }
     };
   });
-}
-
-void check_grad_output(const Problem& pb, const Tensor& grad_output, const Tensor& input) {
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == pb.batch &&
-                  grad_output.size(1) == pb.out_channels && grad_output.size(2) == pb.out_h &&
-                  grad_output.size(3) == pb.out_w && grad_output.scalar_type() ==
-                  input.scalar_type() && grad_output.device().is_cpu(),
-              "grad_output must be of shape (", pb.batch, ", ", pb.out_channels, ", ", pb.out_h,
-              ", ", pb.out_w, "), dtype ", input.scalar_type(), " and on the CPU, but got ",
-              grad_output.sizes(), ", ", grad_output.scalar_type(), " and ",
-              grad_output.device());
 }
 
 std::tuple<c10::optional<Tensor>, c10::optional<Tensor>> region_backward(
@@ -954,8 +988,16 @@ void guide_dots_planes(const Problem& pb, const Tensor& input, const Tensor& wei
             cols = std::vector<acc_t>(window * ld_tile),
             grads = std::vector<acc_t>(out_channels * ld_tile),
             responses = std::vector<acc_t>(out_channels * ld_tile),
-            converted = std::vector<acc_t>(kConvert ? filters : 0)](int64_t task) mutable {
+            converted = std::vector<acc_t>(kConvert ? filters : 0),
+            converted_sample = int64_t(-1)](int64_t task) mutable {
       const int64_t b = task / tiles, first = (task % tiles) * tile;
+      // A thread takes the tasks of a sample one after another: half types convert the
+      // sample's filters once for all of them.
+      const acc_t* sample_filters =
+          kConvert && converted_sample == b
+              ? converted.data()
+              : filter_in(weight_data + b * filters, filters, converted);
+      converted_sample = b;
       const int64_t count = std::min(tile, out_plane - first);
       const int64_t ld = drconv::small_gemm::padded_columns(count);
       for (int64_t i = 0; i < count; ++i) {
@@ -965,7 +1007,6 @@ void guide_dots_planes(const Problem& pb, const Tensor& input, const Tensor& wei
       gather_planes(pb, planes.in + b * in_sample, offsets.data(), count, 0, pb.channels, ld, 1,
                     cols.data());
       planes.gather_grads(pb, b, pixels.data(), count, ld, grads.data());
-      const acc_t* sample_filters = filter_in(weight_data + b * filters, filters, converted);
       for (int64_t r = 0; r < pb.regions; ++r) {
         small_product(out_channels, count, window, sample_filters + r * out_channels * window,
                       window, 1, cols.data(), ld, responses.data(), ld, false);
@@ -1003,6 +1044,13 @@ c10::optional<Tensor> guide_dots(const Tensor& grad_output, const Tensor& input,
   return dots;
 }
 
+// Whether calls with these arguments work on NCHW planes (the rule of works_on_planes above).
+bool works_on_planes_op(const Tensor& input, const Tensor& weight, at::IntArrayRef stride,
+                        at::IntArrayRef padding, at::IntArrayRef dilation) {
+  return works_on_planes(make_problem(input, weight, c10::nullopt, stride, padding, dilation),
+                         input);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(drconv_cpu, m) {
@@ -1013,12 +1061,15 @@ TORCH_LIBRARY(drconv_cpu, m) {
         "-> (Tensor?, Tensor?)");
   m.def("guide_dots(Tensor grad_output, Tensor input, Tensor weight, int[] stride, "
         "int[] padding, int[] dilation) -> Tensor?");
+  m.def("works_on_planes(Tensor input, Tensor weight, int[] stride, int[] padding, "
+        "int[] dilation) -> bool");
 }
 
 TORCH_LIBRARY_IMPL(drconv_cpu, CPU, m) {
   m.impl("region_forward", &region_forward);
   m.impl("region_backward", &region_backward);
   m.impl("guide_dots", &guide_dots);
+  m.impl("works_on_planes", &works_on_planes_op);
 }
 
 // The ops are registered when the library loads; the module makes it importable, and tells which
