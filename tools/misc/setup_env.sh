@@ -19,6 +19,9 @@
 #                           for torch 2.1)
 #   MMCV_WHEEL_CACHE=~/.cache/drconv-mmdet/wheels   built mmcv wheels, keyed by python, torch and CUDA
 #   MAX_JOBS=$(nproc)       parallel compile jobs for the mmcv build
+#   DRCONV_REQUIRE_CPU_KERNELS=0   1: the plugin's compiled CPU kernels must build and load, or the
+#                           install and every import of the plugin fail (the Makefile sets 1 where a
+#                           C++ compiler works)
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -52,7 +55,8 @@ if [ -n "$CONSTRAINTS" ]; then
 fi
 
 stamp_inputs() {
-    cat setup.py requirements/*.txt tools/misc/setup_env.sh
+    cat setup.py requirements/*.txt tools/misc/setup_env.sh drconv_mmdet/ops/csrc/*
+    echo "${DRCONV_REQUIRE_CPU_KERNELS:-0}"
     echo "$TORCH_VERSION $KEEP_TORCH $TORCHVISION_VERSION $OPENMMLAB $EDITABLE $CONSTRAINTS"
     echo "$MMCV_VERSION $MMENGINE_VERSION $MMDET_VERSION"
 }
