@@ -8,7 +8,7 @@ convolution: output pixels are bucketed by region and each bucket is one matrix 
 region's filter (docs/kernels.md says which kernels do it on which device).
 The guided feature gets the paper's straight-through gradient (softmax in place of the argmax).
 """
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,8 @@ from torch.autograd.function import once_differentiable
 
 from ..torch_compat import get_autocast_dtype, is_autocast_enabled
 from .geometry import Geometry, IntPair, as_pair, conv_output_size, make_geometry
-from .implementations import backward, chosen_kernels, forward, kernels_for, use_kernels
+from .implementations import (DEVICE_DEFAULTS, backward, chosen_kernels, forward, kernels_for,
+                              use_kernels)
 from .onnx_lowering import dr_conv2d_lowered
 from .region_products import conv_memory_format, quiet_under_tracing
 
@@ -65,14 +66,28 @@ def _op_geometry(input: Tensor, weight: Tensor, stride: List[int], padding: List
 # The registered op. Its arguments are validated by dr_conv2d; the geometry travels as int
 # lists, which the op schema can hold. Outputs get fixed layouts (the fake kernels promise them
 # to torch.compile): the op's output and the gradients of 4-D tensors follow
-# conv_memory_format, the other gradients are contiguous.
+# conv_memory_format, the other gradients are contiguous. Each device type of DEVICE_DEFAULTS
+# gets kernels of its own, which run its default implementation; other devices run the PyTorch
+# kernels.
+
+DefaultKernels = Callable[[Tensor], str]
 
 
-def _op_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
-                stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
-    geo = _op_geometry(input, weight, stride, padding, dilation)
-    output = forward(input, weight, guide, bias, geo, kernels_for(input))
-    return output.contiguous(memory_format=conv_memory_format(input))
+def _pytorch_kernels(input: Tensor) -> str:
+    return 'pytorch'
+
+
+def _op_forward_with(default: DefaultKernels) -> Callable:
+    """The op's forward kernel for a device type whose default implementation is
+    ``default``."""
+
+    def op_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
+                   stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
+        geo = _op_geometry(input, weight, stride, padding, dilation)
+        output = forward(input, weight, guide, bias, geo, kernels_for(input, default))
+        return output.contiguous(memory_format=conv_memory_format(input))
+
+    return op_forward
 
 
 def _op_forward_fake(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
@@ -82,18 +97,25 @@ def _op_forward_fake(input: Tensor, weight: Tensor, guide: Tensor, bias: Optiona
                        device=input.device, memory_format=conv_memory_format(input))
 
 
-def _op_backward(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tensor,
-                 stride: List[int], padding: List[int], dilation: List[int],
-                 output_mask: List[bool]) -> List[Tensor]:
-    """The gradients for ``(input, weight, guide, bias)`` that ``output_mask`` asks for, in
-    that order (a schema cannot return None)."""
-    geo = _op_geometry(input, weight, stride, padding, dilation)
-    grads = backward(grad_output, input, weight, guide, geo, *output_mask, kernels_for(input))
-    likes = _gradient_likes(grad_output, input, weight, guide)
-    return [
-        grad.contiguous(memory_format=conv_memory_format(like))
-        for grad, like, needed in zip(grads, likes, output_mask) if needed
-    ]
+def _op_backward_with(default: DefaultKernels) -> Callable:
+    """The op's backward kernel for a device type whose default implementation is
+    ``default``."""
+
+    def op_backward(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tensor,
+                    stride: List[int], padding: List[int], dilation: List[int],
+                    output_mask: List[bool]) -> List[Tensor]:
+        """The gradients for ``(input, weight, guide, bias)`` that ``output_mask`` asks for, in
+        that order (a schema cannot return None)."""
+        geo = _op_geometry(input, weight, stride, padding, dilation)
+        grads = backward(grad_output, input, weight, guide, geo, *output_mask,
+                         kernels_for(input, default))
+        likes = _gradient_likes(grad_output, input, weight, guide)
+        return [
+            grad.contiguous(memory_format=conv_memory_format(like))
+            for grad, like, needed in zip(grads, likes, output_mask) if needed
+        ]
+
+    return op_backward
 
 
 def _op_backward_fake(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tensor,
@@ -133,10 +155,15 @@ def _op_autograd_backward(ctx, grad_output: Tensor) -> Tuple[Optional[Tensor], .
 
 
 if USE_CUSTOM_OP:
-    torch.library.custom_op('drconv::dr_conv2d', _op_forward,
-                            mutates_args=()).register_fake(_op_forward_fake)
-    torch.library.custom_op('drconv::dr_conv2d_backward', _op_backward,
-                            mutates_args=()).register_fake(_op_backward_fake)
+    _forward_op = torch.library.custom_op('drconv::dr_conv2d',
+                                          _op_forward_with(_pytorch_kernels), mutates_args=())
+    _forward_op.register_fake(_op_forward_fake)
+    _backward_op = torch.library.custom_op('drconv::dr_conv2d_backward',
+                                           _op_backward_with(_pytorch_kernels), mutates_args=())
+    _backward_op.register_fake(_op_backward_fake)
+    for _device_type, _default in DEVICE_DEFAULTS.items():
+        _forward_op.register_kernel(_device_type, _op_forward_with(_default))
+        _backward_op.register_kernel(_device_type, _op_backward_with(_default))
     torch.library.register_autograd('drconv::dr_conv2d', _op_autograd_backward,
                                     setup_context=_op_setup_context)
 

@@ -7,21 +7,22 @@ Three implementations compute the op:
 - ``'compiled'``: the compiled CPU kernels of :mod:`.cpu_extension`, where they are built;
   the guide gradient's dots on the PyTorch kernels where the compiled ones leave them;
 - ``'triton'``: the Triton kernels of :mod:`.region_products_triton` (sync-free, capturable in
-  CUDA graphs), on CUDA devices of compute capability 8.0 or more, for float32, float16 and
-  bfloat16; on CPU tensors only in Triton's interpreter (``TRITON_INTERPRET=1``).
+  CUDA graphs), with triton >= 3.0 on CUDA devices of compute capability 8.0 or more, for
+  float32, float16 and bfloat16; on CPU tensors only in Triton's interpreter
+  (``TRITON_INTERPRET=1``).
 
-Each device type has its default (:func:`default_kernels`): the compiled kernels on CPU where
-they are built, Triton on CUDA where it runs, else the PyTorch kernels. On torch >= 2.4 these
-defaults are the per-device kernels registered with the op (see :mod:`.dr_conv2d`).
-:func:`use_kernels` chooses one implementation for the calls in a block, for tests and
-benchmarks; the backward pass of a call runs the forward's choice.
+Each device type has its default (:data:`DEVICE_DEFAULTS`): the compiled kernels on CPU where
+they are built, Triton on CUDA where it runs, the PyTorch kernels elsewhere. On torch >= 2.4
+the op registers one kernel per device type of :data:`DEVICE_DEFAULTS` with torch.library (see
+:mod:`.dr_conv2d`). :func:`use_kernels` chooses one implementation for the calls in a block, for
+tests and benchmarks; the backward pass of a call runs the forward's choice.
 """
 import contextlib
 import contextvars
 import functools
 import importlib
 from types import ModuleType
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -33,8 +34,8 @@ from .region_products import (bias_grad, conv_memory_format, quiet_under_tracing
                               straight_through_guide_grad)
 
 __all__ = [
-    'IMPLEMENTATIONS', 'use_kernels', 'chosen_kernels', 'default_kernels', 'kernels_for',
-    'triton_kernels', 'forward', 'backward'
+    'IMPLEMENTATIONS', 'DEVICE_DEFAULTS', 'use_kernels', 'chosen_kernels', 'default_kernels',
+    'kernels_for', 'triton_kernels', 'forward', 'backward'
 ]
 
 IMPLEMENTATIONS = ('pytorch', 'compiled', 'triton')
@@ -72,12 +73,16 @@ def chosen_kernels() -> Optional[str]:
 
 @functools.lru_cache(maxsize=None)
 def triton_kernels() -> Optional[ModuleType]:
-    """The Triton kernels' module, or None where triton does not import. Imported on first use:
-    TRITON_INTERPRET is read when the kernels are defined."""
+    """The Triton kernels' module, or None where triton >= 3.0 does not import (torch < 2.4
+    ships triton 2). Imported on first use, so that importing this package does not import
+    triton."""
     try:
-        return importlib.import_module('.region_products_triton', __package__)
+        import triton
     except ImportError:
         return None
+    if int(triton.__version__.split('.')[0]) < 3:
+        return None
+    return importlib.import_module('.region_products_triton', __package__)
 
 
 def _triton_runs(input: Tensor) -> bool:
@@ -89,31 +94,45 @@ def _triton_runs(input: Tensor) -> bool:
     return kernels.INTERPRETED or torch.cuda.get_device_capability(input.device) >= (8, 0)
 
 
-def default_kernels(input: Tensor) -> str:
-    """The implementation a call on ``input``'s device and dtype runs by default."""
-    if input.device.type == 'cpu':
-        return 'compiled' if cpu_extension.AVAILABLE else 'pytorch'
-    if input.device.type == 'cuda' and _triton_runs(input):
-        return 'triton'
+def _cpu_default(input: Tensor) -> str:
+    if cpu_extension.AVAILABLE:
+        return 'compiled'
+    cpu_extension.warn_unavailable()  # once per process, where no build exists
     return 'pytorch'
 
 
-def kernels_for(input: Tensor) -> str:
-    """The implementation of a call on ``input``: the chosen one, else the default.
+def _cuda_default(input: Tensor) -> str:
+    return 'triton' if _triton_runs(input) else 'pytorch'
+
+
+# The default implementation of a call, per device type; other device types run the PyTorch
+# kernels.
+DEVICE_DEFAULTS: Dict[str, Callable[[Tensor], str]] = {'cpu': _cpu_default, 'cuda': _cuda_default}
+
+
+def default_kernels(input: Tensor) -> str:
+    """The implementation a call on ``input``'s device and dtype runs by default."""
+    default = DEVICE_DEFAULTS.get(input.device.type)
+    return 'pytorch' if default is None else default(input)
+
+
+def kernels_for(input: Tensor, default: Optional[Callable[[Tensor], str]] = None) -> str:
+    """The implementation of a call on ``input``: the chosen one, else ``default(input)``
+    (:func:`default_kernels` if None).
 
     Raises:
         ValueError: where the chosen implementation cannot take ``input``.
     """
     implementation = chosen_kernels()
     if implementation is None:
-        return default_kernels(input)
+        return (default or default_kernels)(input)
     if implementation == 'compiled' and not (cpu_extension.AVAILABLE
                                              and input.device.type == 'cpu'):
         raise ValueError(f'the compiled kernels take CPU tensors where they are built (built: '
                          f'{cpu_extension.AVAILABLE}), but got a tensor on {input.device}')
     if implementation == 'triton' and not _triton_runs(input):
         if triton_kernels() is None:
-            raise ValueError('the Triton kernels need triton, which does not import here')
+            raise ValueError('the Triton kernels need triton >= 3.0, which does not import here')
         raise ValueError(f'the Triton kernels do not run {input.dtype} on {input.device} here '
                          '(CUDA devices of compute capability 8.0 or more, float32, float16 or '
                          'bfloat16; CPU tensors in the interpreter, TRITON_INTERPRET=1)')

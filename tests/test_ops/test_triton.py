@@ -6,24 +6,40 @@ Without a CUDA device the kernels run on CPU tensors in Triton's interpreter (te
 sets TRITON_INTERPRET=1 before triton is imported); with one they are compiled and run there.
 """
 import functools
-import importlib.util
+import importlib.metadata
 import platform
 import sys
 
 import pytest
 import torch
-from helpers import GEOMETRIES, LAYOUTS, grads, loop_dr_conv2d, loop_guide_grad
+from helpers import GEOMETRIES, LAYOUTS, grads, loop_dr_conv2d, loop_guide_grad, make_args
 
 from drconv_mmdet.ops import dr_conv2d, implementations, use_kernels
 from drconv_mmdet.ops.geometry import make_geometry
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
-# requirements/tests.txt installs triton where its wheels exist: there a missing triton fails.
-TRITON_WHEELS = platform.system() == 'Linux' and platform.machine() == 'x86_64'
 
-pytestmark = pytest.mark.skipif(
-    not TRITON_WHEELS and importlib.util.find_spec('triton') is None,
-    reason=f'triton has no wheels for {platform.system()} {platform.machine()}')
+
+def triton_version():
+    try:
+        return importlib.metadata.version('triton')
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# requirements/tests.txt installs triton where its wheels exist: there a missing triton fails.
+# torch < 2.4 pins triton 2 on CUDA, which the kernels do not support.
+TRITON_VERSION = triton_version()
+pytestmark = [
+    pytest.mark.skipif(
+        TRITON_VERSION is None
+        and not (platform.system() == 'Linux' and platform.machine() == 'x86_64'),
+        reason=f'triton has no wheels for {platform.system()} {platform.machine()}'),
+    pytest.mark.skipif(
+        TRITON_VERSION is not None and int(TRITON_VERSION.split('.')[0]) < 3,
+        reason=f'the Triton kernels need triton >= 3.0, torch {torch.__version__} comes with '
+        f'triton {TRITON_VERSION}'),
+]
 
 # Tolerances against float64: float32 products (exact in the interpreter; TF32 off on GPUs
 # below), and half types whose results round to 8 (bfloat16) or 11 (float16) bits.
@@ -71,15 +87,9 @@ def triton_call(x, weight, guide, bias, geo_args, grad_out, dtype=torch.float32,
 def loop_case(batch, num_regions, geometry, channels, out_channels, seed=0):
     """Arguments in float64, the loop definition's output, an output gradient, and the loop's
     gradients for (input, weight, guide, bias)."""
-    kernel, stride, padding, dilation = geometry
-    gen = torch.Generator().manual_seed(seed)
-    height, width = 7, 6
-    geo = make_geometry((height, width), kernel, stride, padding, dilation)
-    x = torch.randn(batch, channels, height, width, generator=gen, dtype=torch.float64)
-    weight = torch.randn(batch, num_regions, out_channels, channels, *kernel, generator=gen,
-                         dtype=torch.float64)
-    guide = torch.randn(batch, num_regions, *geo.out_size, generator=gen, dtype=torch.float64)
-    bias = torch.randn(out_channels, generator=gen, dtype=torch.float64)
+    x, weight, guide, bias, stride, padding, dilation = make_args(
+        batch, num_regions, geometry, seed=seed, channels=channels, out_channels=out_channels)
+    gen = torch.Generator().manual_seed(seed + 1)
     x.requires_grad_()
     weight.requires_grad_()
     expected, responses = loop_dr_conv2d(x, weight, guide, bias, stride, padding, dilation)

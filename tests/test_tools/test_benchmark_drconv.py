@@ -1,3 +1,4 @@
+import importlib.metadata
 import importlib.util
 import platform
 import runpy
@@ -74,6 +75,10 @@ def test_implementation_choice(tool, capsys):
     not (platform.system() == 'Linux' and platform.machine() == 'x86_64')
     and importlib.util.find_spec('triton') is None,
     reason=f'triton has no wheels for {platform.system()} {platform.machine()}')
+@pytest.mark.skipif(
+    importlib.util.find_spec('triton') is not None
+    and int(importlib.metadata.version('triton').split('.')[0]) < 3,
+    reason='the Triton kernels need triton >= 3.0 (torch < 2.4 comes with triton 2)')
 def test_triton_choice(tool, capsys):
     """The Triton kernels on a CUDA device, else on CPU in Triton's interpreter (see
     tests/conftest.py)."""
