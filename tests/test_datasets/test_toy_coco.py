@@ -168,6 +168,7 @@ def test_invalid_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
     assert _read_tree(tmp_path / 'kept') == before
 
 
+@pytest.mark.slow
 def test_cli_is_idempotent(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(REPO_ROOT), os.environ.get('PYTHONPATH')])))

@@ -42,6 +42,7 @@ def test_loss_and_predict(config, toy_coco_root):
     assert results[0].pred_instances.masks.shape[-2:] == results[0].ori_shape
 
 
+@pytest.mark.slow
 def test_drfpn_overfits_and_trains_its_drconvs(toy_coco_root):
     model, batch = _model_and_batch(DEMO_DRFPN_CONFIG, toy_coco_root)
     drconvs = {name: m for name, m in model.named_modules() if isinstance(m, DRConv2d)}

@@ -19,6 +19,7 @@ def _run_python(code: str, *path_first: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_core_imports_with_torch_alone():
     # A None entry in sys.modules makes find_spec return None and any import of the name fail,
     # as if OpenMMLab were not installed; a stray import of it would fail this test.
@@ -43,6 +44,7 @@ def test_core_imports_with_torch_alone():
     assert 'core ok' in result.stdout
 
 
+@pytest.mark.slow
 def test_broken_mmdet_fails_loudly(tmp_path):
     pytest.importorskip('mmdet', reason='the mmdet side of the import needs mmdet installed')
     fake = tmp_path / 'mmdet'
@@ -53,6 +55,7 @@ def test_broken_mmdet_fails_loudly(tmp_path):
     assert 'ImportError: this mmdet install is broken' in result.stderr
 
 
+@pytest.mark.slow
 def test_import_registers_everything_with_mmdet():
     pytest.importorskip('mmdet', reason='the mmdet side of the import needs mmdet installed')
     result = _run_python("""

@@ -35,6 +35,7 @@ def test_op_and_layer_tables(tool, tmp_path, capsys, amp):
         assert all(float(cell) > 0 for cell in cells[5:])
 
 
+@pytest.mark.slow
 def test_memory_column(tool, capsys):
     tool['main'](TINY + ['--parts', 'op', '--memory'])
     header = [line for line in capsys.readouterr().out.splitlines()
