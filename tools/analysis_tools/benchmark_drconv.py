@@ -8,7 +8,11 @@ Parts:
 - ``layer``: ``DRConv2d`` (guide conv, filter generator, op) against ``nn.Conv2d`` and the same
   layer running the all-regions op;
 - ``backbone``: the DetNAS-300M backbone, plain against 8-region DRConv ('basis' generator), as
-  configured in configs/detnas/ (needs mmdet).
+  configured in configs/detnas/ (needs mmdet);
+- ``detector``: torchvision's Mask R-CNN R50-FPN (random weights, images kept at their size),
+  plain against 8-region DRConv in its P2 and P3 output convs through ``convert_to_drconv``; the
+  forward pass is inference (eval mode), the training step the sum of its losses on fixed random
+  targets (needs torchvision).
 
 Times are medians over ``--repeat`` interleaved rounds: the forward pass (no grad) and a training
 step (forward and backward of every input that a layer would train: input, filters, guide). With
@@ -21,6 +25,8 @@ Examples::
     python tools/analysis_tools/benchmark_drconv.py --batch 2 --channels 256 \\
         --sizes 100x168 --kernels 3 --regions 8
     python tools/analysis_tools/benchmark_drconv.py --parts backbone --batch 32 --sizes 224x224
+    python tools/analysis_tools/benchmark_drconv.py --parts detector --batch 2 --sizes 800x1216 \
+        --device cuda
 """
 import argparse
 import json
@@ -79,7 +85,8 @@ PRESETS = {
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Benchmark the DRConv op, layer and backbone')
-    parser.add_argument('--parts', nargs='+', default=['op'], choices=['op', 'layer', 'backbone'])
+    parser.add_argument('--parts', nargs='+', default=['op'],
+                        choices=['op', 'layer', 'backbone', 'detector'])
     parser.add_argument('--preset', choices=sorted(PRESETS),
                         help='op/layer shapes of a preset instead of the shape arguments')
     parser.add_argument('--batch', type=int, default=2)
@@ -203,8 +210,52 @@ def backbone_builder(case: Case, device: str) -> Tuple[Dict[str, Callable], List
             [p for model in models.values() for p in model.parameters()])
 
 
+# The FPN output convs of P2 and P3 in torchvision's Mask R-CNN R50-FPN.
+DETECTOR_DRCONV_LAYERS = ['backbone.fpn.layer_blocks.0.0', 'backbone.fpn.layer_blocks.1.0']
+
+
+def detector_builder(case: Case, device: str) -> Tuple[Dict[str, Callable], List[torch.Tensor]]:
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    from drconv_mmdet.nn import convert_to_drconv
+
+    height, width = case.size
+    models = {}
+    for name in ('plain', 'drconv-8r'):
+        torch.manual_seed(0)
+        model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                      min_size=min(height, width), max_size=max(height, width))
+        if name != 'plain':
+            convert_to_drconv(model, DETECTOR_DRCONV_LAYERS, region_num=8)
+        models[name] = model.to(device)
+    gen = torch.Generator().manual_seed(0)
+    targets = []
+    for _ in range(case.batch):
+        corners = torch.rand(4, 2, 2, generator=gen) * torch.tensor([width, height])
+        boxes = torch.cat([corners.min(dim=1).values, corners.max(dim=1).values + 8], dim=1)
+        masks = torch.zeros(4, height, width, dtype=torch.uint8)
+        for mask, (x0, y0, x1, y1) in zip(masks, boxes.long().tolist()):
+            mask[y0:y1, x0:x1] = 1
+        targets.append(dict(boxes=boxes.to(device), masks=masks.to(device),
+                            labels=torch.randint(1, 91, (4, ), generator=gen).to(device)))
+
+    def run(model):
+        def step(x):
+            # make_steps runs the forward pass without grad: inference in eval mode then.
+            if not torch.is_grad_enabled():
+                model.eval()
+                return model(list(x))
+            model.train()
+            return sum(model(list(x), targets).values())
+
+        return step
+
+    return ({name: run(model) for name, model in models.items()},
+            [p for model in models.values() for p in model.parameters()])
+
+
 BUILDERS: Dict[str, Builder] = {'op': op_builder, 'layer': layer_builder,
-                                'backbone': backbone_builder}
+                                'backbone': backbone_builder, 'detector': detector_builder}
 
 
 def make_steps(fn: Callable, x: torch.Tensor, leaves: List[torch.Tensor], device: str,
@@ -313,7 +364,7 @@ def measure_memory(part: str, case: Case, name: str, args: argparse.Namespace) -
 
 def table_header(part: str, names: List[str], memory: bool) -> List[str]:
     base, others = names[0], names[1:]
-    header = ['B | C->O | HxW | k | m' if part != 'backbone' else 'B | HxW']
+    header = ['B | C->O | HxW | k | m' if part in ('op', 'layer') else 'B | HxW']
     for name in names:
         header += [f'{name} fwd ms', f'{name} train ms']
     for name in others:
@@ -364,7 +415,7 @@ def run(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     tables = []
     for part in args.parts:
-        if part == 'backbone':
+        if part in ('backbone', 'detector'):
             cases = [Case(args.batch, 3, 0, size, 0, 0) for size in args.sizes]
         else:
             cases = cases_of(args)
@@ -372,7 +423,7 @@ def run(args: argparse.Namespace) -> None:
         for case in cases:
             fns, leaves = BUILDERS[part](case, args.device)
             x = torch.randn(case.batch, case.in_channels, *case.size, device=args.device)
-            label = (case.label() if part != 'backbone' else
+            label = (case.label() if part in ('op', 'layer') else
                      f'{case.batch} | {case.size[0]}x{case.size[1]}')
             timer = time.process_time if args.timer == 'cpu' else time.perf_counter
             row = dict(label=label,

@@ -3,7 +3,9 @@
 # loop and the CPU, no host syncs, CUDA-graph replay, deterministic mode, torch.compile, half
 # types) and the Triton kernels' tests compiled for the GPU, then benchmark_drconv.py's tables
 # with --device cuda: the shapes preset in float32 (TF32, as cuDNN runs convolutions) and under
-# bfloat16 autocast, and the DetNAS-300M backbone at batch 32, 224 x 224 (needs mmdet).
+# bfloat16 autocast, the DetNAS-300M backbone at batch 32, 224 x 224 (needs mmdet), and
+# torchvision's Mask R-CNN R50-FPN with DRConv in its P2 and P3 output convs at batch 2,
+# 800 x 1216 (needs torchvision).
 # Everything lands in $OUT (default work_dirs/gpu_check): tests.log, and one Markdown file per
 # table with its command on the first line.
 # Usage: bash tools/analysis_tools/gpu_check.sh   (PYTHON=... for another interpreter)
@@ -49,5 +51,11 @@ if "$PY" -c 'import mmdet' 2>/dev/null; then
     bench backbone_bf16 --parts backbone --batch 32 --sizes 224x224 --amp bf16
 else
     echo "[gpu_check] mmdet is not installed: no DetNAS backbone table"
+fi
+if "$PY" -c 'import torchvision' 2>/dev/null; then
+    bench detector_fp32 --parts detector --batch 2 --sizes 800x1216
+    bench detector_bf16 --parts detector --batch 2 --sizes 800x1216 --amp bf16
+else
+    echo "[gpu_check] torchvision is not installed: no Mask R-CNN table"
 fi
 echo "[gpu_check] done: tables in $OUT"
