@@ -9,8 +9,10 @@ from helpers import (GEOMETRIES, HEIGHT, LAYOUTS, WIDTH, grads, loop_dr_conv2d, 
                      make_args, non_contiguous)
 from torch.autograd import gradcheck
 
-from drconv_mmdet.ops import JIT_NODE_KIND, dr_conv2d, dr_conv2d_reference
+from drconv_mmdet.ops import (JIT_NODE_KIND, cpu_extension, dr_conv2d, dr_conv2d_reference,
+                              use_kernels)
 from drconv_mmdet.ops.geometry import as_pair
+from drconv_mmdet.ops.implementations import default_kernels, kernels_for
 
 # The entry point's module, whose choice between the registered op and the autograd function a
 # test switches.
@@ -335,3 +337,47 @@ def test_double_backward_is_refused(op_path):
     (grad_x, ) = torch.autograd.grad(out, x, grad_out, create_graph=True)
     with pytest.raises(RuntimeError, match='differentiate twice|no autograd formula'):
         grad_x.sum().backward()
+
+
+def test_use_kernels_rejects_unknown_names():
+    with pytest.raises(ValueError, match=r"^implementation must be None or one of \('pytorch', "
+                       r"'compiled', 'triton'\), but got 'cudnn'$"):
+        with use_kernels('cudnn'):
+            pass
+
+
+def test_compiled_kernels_take_cpu_tensors_only():
+    with use_kernels('compiled'), pytest.raises(
+            ValueError, match=r'^the compiled kernels take CPU tensors where they are built '
+            r'\(built: (True|False)\), but got a tensor on meta$'):
+        kernels_for(torch.empty(0, device='meta'))
+
+
+def test_kernels_by_device():
+    """Each device type's default; use_kernels overrides it within its block only."""
+    cpu = torch.empty(0)
+    assert default_kernels(cpu) == ('compiled' if cpu_extension.AVAILABLE else 'pytorch')
+    assert default_kernels(torch.empty(0, device='meta')) == 'pytorch'
+    with use_kernels('pytorch'):
+        assert kernels_for(cpu) == 'pytorch'
+        with use_kernels(None):
+            assert kernels_for(cpu) == default_kernels(cpu)
+    assert kernels_for(cpu) == default_kernels(cpu)
+
+
+def test_backward_runs_the_forward_kernels(op_path, monkeypatch):
+    """A backward pass outside the block of its forward pass runs the forward's kernels."""
+    chosen = []
+    original = entry_module.backward
+
+    def record(*args):
+        chosen.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setattr(entry_module, 'backward', record)
+    x, weight, guide, bias, *geo = make_args(1, 2, GEOMETRIES[2])
+    x.requires_grad_()
+    with use_kernels('pytorch'):
+        out = dr_conv2d(x, weight, guide, bias, *geo)
+    out.sum().backward()
+    assert chosen == ['pytorch']

@@ -122,3 +122,11 @@ def test_compile_inductor():
         results.append((out, *torch.autograd.grad(out.square().sum(), (x, weight, guide, bias))))
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize('name', ['drconv::dr_conv2d', 'drconv::dr_conv2d_backward'])
+def test_one_kernel_per_device_type(name):
+    """The op has kernels of its own for CPU and CUDA (the compiled and the Triton kernels where
+    they run) and a default for other devices."""
+    for key in ('CPU', 'CUDA', 'CompositeExplicitAutograd'):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, key), key
