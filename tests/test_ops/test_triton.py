@@ -132,6 +132,7 @@ def test_matches_loop(geometry, num_regions, layout):
     check_case(loop_case(2, num_regions, geometry, 3, 4), layout=layout)
 
 
+@pytest.mark.slow
 def test_matches_loop_over_channel_blocks():
     """More channels than a block on both sides: the kernels' loops over channel blocks."""
     check_case(loop_case(1, 3, GEOMETRIES[2], 40, 70))
@@ -143,6 +144,7 @@ def test_half_types(dtype):
     check_case(loop_case(2, 3, GEOMETRIES[4], 3, 4), dtype=dtype)
 
 
+@pytest.mark.slow
 def test_deterministic_mode_adds_tap_by_tap():
     """Under torch.use_deterministic_algorithms the input gradient is added one tap per launch,
     without atomics: the loop's gradients, bit for bit from run to run. (The atomic adds are

@@ -80,6 +80,7 @@ def test_implementation_choice(tool, capsys):
     importlib.util.find_spec('triton') is not None
     and int(importlib.metadata.version('triton').split('.')[0]) < 3,
     reason='the Triton kernels need triton >= 3.0 (torch < 2.4 comes with triton 2)')
+@pytest.mark.slow
 def test_triton_choice(tool, capsys):
     """The Triton kernels on a CUDA device, else on CPU in Triton's interpreter (see
     tests/conftest.py)."""
