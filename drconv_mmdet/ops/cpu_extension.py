@@ -95,9 +95,11 @@ def _errors_raise(path: str) -> Optional[str]:
     except subprocess.TimeoutExpired:
         return 'its error check did not finish in 300 s'
     if result.returncode != 0 or result.stdout.split() != ['raises']:
+        # std::terminate's first line names the exception; a Python error's last line.
         lines = (result.stderr.strip() or result.stdout.strip() or 'no output').splitlines()
+        said = next((line for line in lines if line.startswith('terminate called')), lines[-1])
         return (f'its errors do not raise RuntimeError: a call that must raise ended with exit '
-                f'status {result.returncode} ({lines[-1]})')
+                f'status {result.returncode} ({said})')
     try:
         os.makedirs(osp.dirname(cache), exist_ok=True)
         with open(cache, 'w') as f:

@@ -5,6 +5,7 @@ import importlib
 import os
 import os.path as osp
 import shutil
+import struct
 import subprocess
 import sys
 import warnings
@@ -423,13 +424,41 @@ def test_self_test_verdicts(tmp_path, monkeypatch):
     assert 'exit status -6' in cpu_extension._errors_raise(str(library))
 
 
+def without_unwind_index(path):
+    """Turns the PT_GNU_EH_FRAME program header of a 64-bit little-endian ELF library (the index
+    through which the unwinder finds its frames' unwind tables) into PT_NULL, as a link without
+    ``--eh-frame-hdr`` leaves it; whether there was one."""
+    data = bytearray(path.read_bytes())
+    if data[:6] != b'\x7fELF\x02\x01':
+        return False
+    table, = struct.unpack_from('<Q', data, 0x20)  # e_phoff
+    entry, count = struct.unpack_from('<HH', data, 0x36)  # e_phentsize, e_phnum
+    headers = [table + i * entry for i in range(count)]
+    found = [at for at in headers if struct.unpack_from('<I', data, at)[0] == 0x6474e550]
+    for at in found:
+        struct.pack_into('<I', data, at, 0)
+    path.write_bytes(bytes(data))
+    return bool(found)
+
+
 @needs_extension
-def test_self_test_passes_the_build(tmp_path):
-    """The build raises its errors in the child process (a copy, so that its verdict is
-    computed here)."""
+def test_self_test_judges_builds(tmp_path):
+    """The build raises its errors in the child process; the same library without its unwind
+    index ends the process at its first error (docs/platforms.md) and is refused. Copies, so
+    that their verdicts are computed here."""
     built = importlib.import_module(cpu_extension.MODULE_NAME).__file__
-    copy = shutil.copy2(built, tmp_path / osp.basename(built))
+    copy = tmp_path / 'passes' / osp.basename(built)
+    copy.parent.mkdir()
+    shutil.copy2(built, copy)
     assert cpu_extension._errors_raise(str(copy)) is None
+    broken = tmp_path / 'aborts' / osp.basename(built)
+    broken.parent.mkdir()
+    shutil.copy2(built, broken)
+    if not without_unwind_index(broken):
+        pytest.skip('the build is no 64-bit little-endian ELF library with an unwind index')
+    assert cpu_extension._errors_raise(str(broken)) == (
+        'its errors do not raise RuntimeError: a call that must raise ended with exit status -6 '
+        "(terminate called after throwing an instance of 'c10::Error')")
 
 
 def pytorch_dots(x, weight, grad_out, geo):
@@ -486,8 +515,8 @@ def test_guide_dots_batch_zero():
 # Runs in a fresh process, whose kernels pick their instruction set once, capped by
 # ATEN_CPU_CAPABILITY: the kernels against the PyTorch kernels on shapes that take the planes.
 INSTRUCTION_SET_CHECK = '''
-import sys, torch
-sys.path.insert(0, {tests!r})
+import os.path as osp, sys, torch
+sys.path[:0] = [{tests!r}, osp.dirname({tests!r})]  # test modules, helpers
 from test_cpu_extension import SHAPES, assert_grads_close, output_and_grads, random_args
 from drconv_mmdet.ops import cpu_extension
 
