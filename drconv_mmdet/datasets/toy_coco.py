@@ -3,7 +3,8 @@
 Tests and the CPU demo need a small instance-segmentation set that exists without a download.
 :func:`generate_toy_coco` draws filled circles, rectangles and triangles on textured backgrounds
 and writes them in COCO format; :func:`ensure_toy_coco` regenerates the set only when the
-arguments changed; :class:`ToyCocoDataset` loads it with the class names as metainfo.
+arguments changed. Needs no OpenMMLab, so that detectron2 users generate the same set;
+:class:`~drconv_mmdet.datasets.ToyCocoDataset` loads it in mmdet.
 """
 import inspect
 import json
@@ -15,8 +16,6 @@ from typing import Callable, Dict, List, Tuple
 
 import cv2
 import numpy as np
-from mmdet.datasets import CocoDataset
-from mmdet.registry import DATASETS
 from pycocotools import mask as mask_utils
 
 from drconv_mmdet.version import __version__
@@ -313,17 +312,3 @@ def ensure_toy_coco(out_dir: str, force: bool = False, **kwargs: int) -> bool:
     with open(manifest_path, 'w') as f:
         json.dump(dict(manifest, summary=summary), f, indent=2)
     return True
-
-
-@DATASETS.register_module()
-class ToyCocoDataset(CocoDataset):
-    """The toy COCO set written by :func:`generate_toy_coco`.
-
-    Only the metainfo differs from :class:`mmdet.datasets.CocoDataset`: the three shape
-    classes, which the loader matches against the category names of the annotation file.
-    """
-
-    METAINFO = {
-        'classes': TOY_COCO_CLASSES,
-        'palette': [(220, 20, 60), (0, 130, 200), (60, 180, 75)],
-    }
