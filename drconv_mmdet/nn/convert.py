@@ -1,6 +1,7 @@
 """Put DRConvs into any PyTorch model: named ``nn.Conv2d`` modules are replaced in place."""
 import difflib
-from typing import Callable, Dict, List, Optional, Sequence
+import sys
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from torch import nn
 
@@ -10,6 +11,11 @@ __all__ = ['convert_to_drconv', 'replace_conv2d']
 
 # Error messages list at most this many layer names; a detector has over a hundred convs.
 MAX_LISTED = 12
+# Where detectron2 defines its Conv2d (a conv that applies a norm and an activation in forward).
+DETECTRON2_CONV_MODULE = 'detectron2.layers.wrappers'
+
+# A plain attribute that holds a conv: the owner's name, the owner and the attribute's name.
+Holder = Tuple[str, nn.Module, str]
 
 
 def convert_to_drconv(model: nn.Module, layer_names: Sequence[str], **drconv_kwargs) -> List[str]:
@@ -19,6 +25,12 @@ def convert_to_drconv(model: nn.Module, layer_names: Sequence[str], **drconv_kwa
     the model computes what it computed before (up to float rounding), and training then lets each
     region's filter depart from the pretrained one. The new layer takes the conv's device, dtype
     and train/eval mode; an optimizer built before the conversion does not see its parameters.
+
+    A ``detectron2.layers.Conv2d`` becomes a
+    :class:`~drconv_mmdet.detectron2.layers.NormActDRConv2d`, which applies the conv's norm and
+    activation after the DRConv as that conv did. A conv that a module also keeps in a plain
+    list or dict, as detectron2's ``FPN`` keeps its convs in the lists its ``forward`` iterates, is
+    replaced there too.
 
     Args:
         model (nn.Module): any model; changed in place.
@@ -31,10 +43,11 @@ def convert_to_drconv(model: nn.Module, layer_names: Sequence[str], **drconv_kwa
         List[str]: the replaced names, in the order given.
 
     Raises:
-        ValueError: a name that is not a submodule, a module that is not a plain ``nn.Conv2d``
-            with ``groups=1`` and zero padding, a conv shared under several names or also held in a
-            plain attribute (a list that ``forward`` iterates), or ``drconv_kwargs`` that do not fit
-            the conv. Nothing is replaced then.
+        ValueError: a name that is not a submodule, a module that is not an ``nn.Conv2d`` (or
+            detectron2's ``Conv2d``) with ``groups=1`` and zero padding, a conv shared under
+            several names or also held in a plain attribute that cannot be updated (a tuple, a
+            set, the attribute itself), or ``drconv_kwargs`` that do not fit the conv. Nothing is
+            replaced then.
 
     Example:
         >>> import torch
@@ -48,7 +61,7 @@ def convert_to_drconv(model: nn.Module, layer_names: Sequence[str], **drconv_kwa
         ('DRConv2d', True)
     """
     return replace_conv2d(model, layer_names,
-                          lambda conv: DRConv2d.from_conv(conv, **drconv_kwargs))
+                          lambda conv: _drconv_class(conv).from_conv(conv, **drconv_kwargs))
 
 
 def replace_conv2d(model: nn.Module, layer_names: Sequence[str],
@@ -58,7 +71,9 @@ def replace_conv2d(model: nn.Module, layer_names: Sequence[str],
     The replacement path of :func:`convert_to_drconv`, for callers that build the DRConv otherwise
     (e.g. fresh from a config, as :class:`drconv_mmdet.models.DRFPN` does). Same arguments,
     checks and return value; ``build`` gets each conv and returns its replacement, which is moved
-    to the conv's device and dtype and set to its train/eval mode.
+    to the conv's device and dtype and set to its train/eval mode. The replacement of a
+    detectron2 ``Conv2d`` must apply that conv's ``norm`` and ``activation`` (a
+    :class:`~drconv_mmdet.detectron2.layers.NormActDRConv2d` does).
     """
     if isinstance(layer_names, str):
         raise ValueError(f'layer_names must be a sequence of layer names, but got the string '
@@ -70,13 +85,50 @@ def replace_conv2d(model: nn.Module, layer_names: Sequence[str],
     # Every path to every module, shared ones included, to catch a conv reachable twice.
     modules = dict(model.named_modules(remove_duplicate=False))
     convs = {name: _convertible_conv(model, modules, name) for name in names}
+    holders = {name: _plain_attribute_holders(modules, conv) for name, conv in convs.items()}
     replacements = {name: build(conv) for name, conv in convs.items()}
+    for name, new in replacements.items():
+        conv = convs[name]
+        if _is_detectron2_conv(conv) and (getattr(new, 'norm', None) is not conv.norm or
+                                          getattr(new, 'activation', None) is not conv.activation):
+            raise ValueError(f'layer_names: {name!r} is a detectron2 Conv2d, whose norm and '
+                             f'activation its replacement must apply, but build returned a '
+                             f'{type(new).__name__} without them; build a NormActDRConv2d')
     for name, new in replacements.items():
         conv = convs[name]
         new.to(device=conv.weight.device, dtype=conv.weight.dtype).train(conv.training)
         parent, _, child = name.rpartition('.')
         setattr(modules[parent], child, new)
+        for _, owner, attr in holders[name]:
+            container = vars(owner)[attr]
+            keys = container.keys() if isinstance(container, dict) else range(len(container))
+            for key in [key for key in keys if container[key] is conv]:
+                container[key] = new
     return names
+
+
+def _detectron2_conv2d() -> Optional[Type[nn.Conv2d]]:
+    """detectron2's Conv2d class, or None where detectron2's layers are not imported.
+
+    A model can hold that class only once its module is imported, so this never imports
+    detectron2 itself.
+    """
+    module = sys.modules.get(DETECTRON2_CONV_MODULE)
+    return getattr(module, 'Conv2d', None)
+
+
+def _is_detectron2_conv(module: nn.Module) -> bool:
+    """Whether ``module`` is detectron2's Conv2d itself (not a subclass with another forward)."""
+    cls = _detectron2_conv2d()
+    return cls is not None and isinstance(module, cls) and type(module).forward is cls.forward
+
+
+def _drconv_class(conv: nn.Conv2d) -> Type[DRConv2d]:
+    """The DRConv that takes the place of ``conv``: one with its norm and activation if needed."""
+    if _is_detectron2_conv(conv):
+        from drconv_mmdet.detectron2.layers import NormActDRConv2d
+        return NormActDRConv2d
+    return DRConv2d
 
 
 def _convertible_conv(model: nn.Module, modules: Dict[str, nn.Module], name: str) -> nn.Conv2d:
@@ -93,12 +145,13 @@ def _convertible_conv(model: nn.Module, modules: Dict[str, nn.Module], name: str
     if aliases:
         raise ValueError(f'layer_names: {name!r} is the same module as {aliases}; replacing it '
                          f'under one name would untie the others')
-    holders = _plain_attribute_holders(modules, module)
-    if holders:
+    fixed = [label for label, owner, attr in _plain_attribute_holders(modules, module)
+             if not isinstance(vars(owner)[attr], (list, dict))]
+    if fixed:
         raise ValueError(f'layer_names: {name!r} is also held in the plain attribute(s) '
-                         f'{holders}, which module replacement cannot reach: forward would keep '
-                         f'calling the old conv there. Build the layer with DRConv2d.from_conv '
-                         f'and update those attributes too')
+                         f'{fixed}, which cannot be updated in place (only lists and dicts can): '
+                         f'forward would keep calling the old conv there. Build the layer with '
+                         f'DRConv2d.from_conv and update those attributes too')
     return module
 
 
@@ -109,7 +162,7 @@ def _unsupported_reason(module: nn.Module) -> Optional[str]:
     if not isinstance(module, nn.Conv2d):
         return f'a {type(module).__name__}, not an nn.Conv2d'
     cls = type(module)
-    if cls.forward is not nn.Conv2d.forward:
+    if cls.forward is not nn.Conv2d.forward and not _is_detectron2_conv(module):
         # E.g. detectron2's Conv2d also applies its norm and activation in forward.
         return (f'a {cls.__module__}.{cls.__qualname__}, whose forward is not nn.Conv2d.forward '
                 f'and would be lost')
@@ -127,12 +180,13 @@ def _unsupported_reason(module: nn.Module) -> Optional[str]:
     return None
 
 
-def _plain_attribute_holders(modules: Dict[str, nn.Module], conv: nn.Module) -> List[str]:
+def _plain_attribute_holders(modules: Dict[str, nn.Module], conv: nn.Module) -> List[Holder]:
     """Attributes outside the module tree that hold ``conv``: itself, or in a list/tuple/dict.
 
-    detectron2's FPN keeps its output convs in plain lists that its forward iterates.
+    detectron2's FPN keeps its lateral and output convs in plain lists that its forward
+    iterates. A module reachable under several names is listed once.
     """
-    holders = []
+    holders: Dict[Tuple[int, str], Holder] = {}
     for owner_name, owner in modules.items():
         for attr, value in vars(owner).items():
             if attr == '_modules':
@@ -141,9 +195,10 @@ def _plain_attribute_holders(modules: Dict[str, nn.Module], conv: nn.Module) -> 
                 items = value.values()
             else:
                 items = value if isinstance(value, (list, tuple, set)) else [value]
-            if any(item is conv for item in items):
-                holders.append(f'{owner_name}.{attr}' if owner_name else attr)
-    return sorted(set(holders))
+            if any(item is conv for item in items) and (id(owner), attr) not in holders:
+                label = f'{owner_name}.{attr}' if owner_name else attr
+                holders[(id(owner), attr)] = (label, owner, attr)
+    return sorted(holders.values(), key=lambda holder: holder[0])
 
 
 def _choices(modules: Dict[str, nn.Module], name: str) -> str:

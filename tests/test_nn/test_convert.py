@@ -1,5 +1,7 @@
 """convert_to_drconv and replace_conv2d on a small model of our own; torch alone."""
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -151,12 +153,54 @@ def test_shared_conv_is_refused():
         convert_to_drconv(model, ['a'])
 
 
-def test_conv_also_held_in_a_plain_list_is_refused():
-    # detectron2's FPN keeps its output convs in plain lists that forward iterates as well.
+class ListedConvs(nn.Module):
+    """Like detectron2's FPN: convs that are submodules and in plain containers forward reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p2 = nn.Conv2d(2, 3, 3, padding=1)
+        self.p3 = nn.Conv2d(3, 2, 1)
+        self.convs = [self.p2, self.p3]
+        self.by_level = {'p2': self.p2}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs[1](self.by_level['p2'](x))
+
+
+def test_conv_also_held_in_plain_lists_and_dicts_is_replaced_there_too():
+    model = ListedConvs()
+    x = torch.rand(2, 2, 7, 5)
+    before = model(x)
+    convert_to_drconv(model, ['p2', 'p3'], region_num=2)
+    assert model.convs == [model.p2, model.p3] and model.by_level == {'p2': model.p2}
+    assert isinstance(model.p2, DRConv2d) and isinstance(model.p3, DRConv2d)
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-5)
+    # forward calls the DRConvs: their guided masks are recorded.
+    model.p2.record_mask = True
+    model(x)
+    assert tuple(model.p2.last_mask.shape) == (2, 7, 5)
+
+
+@pytest.mark.parametrize('container', [tuple, set])
+def test_conv_also_held_in_an_immutable_container_is_refused(container):
     model = nn.Module()
     model.inner = nn.Module()
     model.inner.p2 = nn.Conv2d(2, 2, 1)
-    model.inner.output_convs = [model.inner.p2]
+    model.inner.output_convs = container([model.inner.p2])
     with pytest.raises(ValueError, match=r"'inner\.p2' is also held in the plain attribute\(s\) "
-                       r"\['inner\.output_convs'\]"):
+                       r"\['inner\.output_convs'\], which cannot be updated in place \(only lists "
+                       r"and dicts can\)"):
         convert_to_drconv(model, ['inner.p2'])
+    assert type(model.inner.p2) is nn.Conv2d
+
+
+@pytest.mark.slow
+def test_conversion_does_not_import_detectron2():
+    # convert.py looks for detectron2's Conv2d only where detectron2's layers are imported.
+    code = ('import sys; from torch import nn; from drconv_mmdet.nn import convert_to_drconv; '
+            'convert_to_drconv(nn.Sequential(nn.Conv2d(2, 2, 1)), ["0"], region_num=2); '
+            'print(sorted(m for m in sys.modules if m.split(".")[0] == "detectron2"))')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '[]'
