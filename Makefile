@@ -18,8 +18,8 @@ LINT_VENV ?= .venv-lint
 OLDEST_TORCH := TORCH_VERSION=2.1.2 CONSTRAINTS=requirements/compat.txt \
 	TORCH_WHEELHOUSE=$(HOME)/.cache/drconv-mmdet/torch-2.1.2
 
-.PHONY: setup test test-fast lint demo data bench clean setup-compat test-compat setup-core \
-	test-core setup-mim test-mim
+.PHONY: setup test test-fast lint demo data bench clean setup-compat test-compat test-mmpretrain \
+	setup-core test-core setup-mim test-mim
 
 setup:
 	@VENV=$(VENV) bash tools/misc/setup_env.sh
@@ -46,18 +46,27 @@ demo: data
 bench: setup
 	$(PY) tools/analysis_tools/benchmark_drconv.py
 
+# mmpretrain (DRConv-ShuffleNetV2 and -MobileNetV2) imports torchvision, which the newest CPU torch
+# wheel cannot load, so it lives here, with torchvision for the oldest torch.
 setup-compat:
-	@VENV=$(COMPAT_VENV) $(OLDEST_TORCH) bash tools/misc/setup_env.sh
+	@VENV=$(COMPAT_VENV) $(OLDEST_TORCH) TORCHVISION_VERSION=0.16.2 MMPRETRAIN=1 \
+		bash tools/misc/setup_env.sh
 
 test-compat: setup-compat
 	$(COMPAT_VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
 
-# setup_env.sh checks that the torch-only environment has none of mmengine, mmcv and mmdet.
+# The classification part alone: backbones, configs, warm start, the digits run, the detector.
+test-mmpretrain: setup-compat
+	$(COMPAT_VENV)/bin/python -m pytest tests/test_mmpretrain $(PYTEST_ARGS)
+
+# setup_env.sh checks that the torch-only environment has none of mmengine, mmcv and mmdet. A
+# detectron2 user has no OpenMMLab, so detectron2 (built from its source tarball) lives here.
 setup-core:
-	@VENV=$(CORE_VENV) $(OLDEST_TORCH) TORCHVISION_VERSION=0.16.2 OPENMMLAB=0 bash tools/misc/setup_env.sh
+	@VENV=$(CORE_VENV) $(OLDEST_TORCH) TORCHVISION_VERSION=0.16.2 OPENMMLAB=0 DETECTRON2=1 \
+		bash tools/misc/setup_env.sh
 
 test-core: setup-core
-	$(CORE_VENV)/bin/python -m pytest tests/test_ops tests/test_nn $(PYTEST_ARGS)
+	$(CORE_VENV)/bin/python -m pytest tests/test_ops tests/test_nn tests/test_detectron2 $(PYTEST_ARGS)
 
 # The README's route for mim users: an OpenMMLab environment, then openmim and a regular install,
 # which pip builds in isolation from torch: pure Python, without the compiled kernels.
