@@ -55,6 +55,8 @@ NON_MADD_OPS = (
     'aten::softmax', 'aten::tanh', 'aten::hardtanh', 'aten::hardtanh_', 'aten::hardswish',
     'aten::hardsigmoid', 'aten::silu', 'aten::gelu', 'aten::leaky_relu', 'aten::clamp_min',
     'aten::argmax', 'aten::where',
+    # indexing (a shared guide sampled at a conv's window centres)
+    'aten::index_select',
     # detection post-processing
     'aten::sort', 'aten::topk', 'aten::repeat',
 )

@@ -15,7 +15,7 @@ pytest.importorskip('sklearn', reason='the digits ship with scikit-learn')
 from drconv_mmdet.mmpretrain import DigitsDataset  # noqa: E402
 
 PY = sys.executable
-DRCONV_CONFIG = 'configs/mmpretrain/shufflenet-v2-0.5x-drconv-8r_1xb32-20e_digits.py'
+DRCONV_CONFIG = 'configs/mmpretrain/shufflenet-v2-0.5x-drconv-8r_1xb32-10e_digits.py'
 # One short epoch on a slice of each split.
 TINY = ['--cfg-options', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
         'param_scheduler.0.end=1', 'default_hooks.checkpoint.interval=1',

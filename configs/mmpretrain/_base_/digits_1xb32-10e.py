@@ -1,12 +1,12 @@
 # scikit-learn's handwritten digits (drconv_mmdet.mmpretrain.DigitsDataset: 1,257 train / 540 test
-# real images, shipped with the package), upscaled from 8 x 8 to 32 x 32, for runs of a minute on a
+# real images, shipped with the package), upscaled from 8 x 8 to 32 x 32, for runs of minutes on a
 # CPU. Training shifts each image by up to 4 pixels (zero fill); nothing else. SGD with momentum,
 # the learning rate decayed linearly to 0 as in the paper's ImageNet schedule.
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 custom_imports = dict(imports=['drconv_mmdet.mmpretrain'], allow_failed_imports=False)
 
 image_size = 32
-max_epochs = 20
+max_epochs = 10
 data_preprocessor = dict(num_classes=10, mean=[127.5, 127.5, 127.5], std=[127.5, 127.5, 127.5])
 train_pipeline = [
     dict(type='Resize', scale=(image_size, image_size)),
@@ -31,7 +31,7 @@ val_evaluator = dict(type='Accuracy', topk=(1, ))
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator
 
-optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.2, momentum=0.9, weight_decay=1e-4))
+optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9, weight_decay=1e-4))
 param_scheduler = [
     dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=True, begin=0, end=max_epochs,
          convert_to_iter_based=True)
