@@ -59,12 +59,14 @@ test-compat: setup-compat
 test-mmpretrain: setup-compat
 	$(COMPAT_VENV)/bin/python -m pytest tests/test_mmpretrain $(PYTEST_ARGS)
 
-# setup_env.sh checks that the torch-only environment has none of mmengine, mmcv and mmdet.
+# setup_env.sh checks that the torch-only environment has none of mmengine, mmcv and mmdet. A
+# detectron2 user has no OpenMMLab, so detectron2 (built from its source tarball) lives here.
 setup-core:
-	@VENV=$(CORE_VENV) $(OLDEST_TORCH) TORCHVISION_VERSION=0.16.2 OPENMMLAB=0 bash tools/misc/setup_env.sh
+	@VENV=$(CORE_VENV) $(OLDEST_TORCH) TORCHVISION_VERSION=0.16.2 OPENMMLAB=0 DETECTRON2=1 \
+		bash tools/misc/setup_env.sh
 
 test-core: setup-core
-	$(CORE_VENV)/bin/python -m pytest tests/test_ops tests/test_nn $(PYTEST_ARGS)
+	$(CORE_VENV)/bin/python -m pytest tests/test_ops tests/test_nn tests/test_detectron2 $(PYTEST_ARGS)
 
 # The README's route for mim users: an OpenMMLab environment, then openmim and a regular install,
 # which pip builds in isolation from torch: pure Python, without the compiled kernels.

@@ -18,7 +18,11 @@
 #   CONSTRAINTS=            a pip constraints file applied to every install (requirements/compat.txt
 #                           for torch 2.1)
 #   MMCV_WHEEL_CACHE=~/.cache/drconv-mmdet/wheels   built mmcv wheels, keyed by python, torch and CUDA
-#   MAX_JOBS=$(nproc)       parallel compile jobs for the mmcv build
+#   MAX_JOBS=$(nproc)       parallel compile jobs for the mmcv and detectron2 builds
+#   DETECTRON2=0            1: also build detectron2 from its source tarball against the installed torch
+#                           (wheel cached next to mmcv's) and install it with its pure-Python dependencies
+#   DETECTRON2_TARBALL=../shared/vendor/detectron2/detectron2-*.tar.gz   that tarball (a glob matching one
+#                           file, relative to the repository root)
 #   DRCONV_REQUIRE_CPU_KERNELS=0   1: the plugin's compiled CPU kernels must build and load, or the
 #                           install and every import of the plugin fail (the Makefile sets 1 where a
 #                           C++ compiler works)
@@ -38,6 +42,8 @@ MMCV_VERSION=2.1.0
 MMENGINE_VERSION=0.10.7
 MMDET_VERSION=3.3.0
 MMCV_WHEEL_CACHE=${MMCV_WHEEL_CACHE:-$HOME/.cache/drconv-mmdet/wheels}
+DETECTRON2=${DETECTRON2:-0}
+DETECTRON2_TARBALL=${DETECTRON2_TARBALL:-../shared/vendor/detectron2/detectron2-*.tar.gz}
 
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -58,12 +64,16 @@ stamp_inputs() {
     cat setup.py requirements/*.txt tools/misc/setup_env.sh drconv_mmdet/ops/csrc/*
     echo "${DRCONV_REQUIRE_CPU_KERNELS:-0}"
     echo "$TORCH_VERSION $KEEP_TORCH $TORCHVISION_VERSION $OPENMMLAB $EDITABLE $CONSTRAINTS"
+    echo "$DETECTRON2 $DETECTRON2_TARBALL"
     echo "$MMCV_VERSION $MMENGINE_VERSION $MMDET_VERSION"
 }
 STAMP="$VENV/.drconv-mmdet-setup"
 stamp=$(stamp_inputs | sha256sum | cut -d' ' -f1)
 
 check_env() {
+    if [ "$DETECTRON2" = 1 ]; then
+        detectron2_ok || return 1
+    fi
     if [ "$OPENMMLAB" = 0 ]; then
         check_torch_only_env
         return
@@ -97,6 +107,11 @@ print(f'[setup] ok: torch {torch.__version__}, drconv_mmdet {drconv_mmdet.__vers
 PY
 }
 
+detectron2_ok() {
+    "$PY" -c 'import detectron2, torch; from detectron2 import _C  # noqa: F401  (its compiled ops)
+print(f"[setup] ok: detectron2 {detectron2.__version__} with its compiled ops")'
+}
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$stamp" ] && check_env 2>/dev/null; then
     exit 0
 fi
@@ -119,17 +134,21 @@ else
     fi
 fi
 
+# A compiled wheel is only valid for the python, torch and CUDA it was built against. The CUDA ops
+# are built only where a GPU is visible, so the key says when a wheel has them.
+wheel_key() {
+    "$PY" -c 'import sys, torch
+cuda = f"-cuda{torch.version.cuda}" if torch.cuda.is_available() else ""
+print(f"cp{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}{cuda}")'
+}
+
 mmcv_ok() {
     "$PY" -c "import mmcv, sys; from mmcv.ops import RoIAlign, nms; sys.exit(mmcv.__version__ != '$MMCV_VERSION')" 2>/dev/null
 }
 
 install_mmcv() {
-    # A wheel is only valid for the python, torch and CUDA it was compiled against.
-    # The CUDA ops are built only where a GPU is visible, so the key says when a wheel has them.
     cuda=$("$PY" -c 'import torch; print(int(torch.cuda.is_available()))')
-    key=$("$PY" -c 'import sys, torch
-cuda = f"-cuda{torch.version.cuda}" if torch.cuda.is_available() else ""
-print(f"cp{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}{cuda}")')
+    key=$(wheel_key)
     cache_dir="$MMCV_WHEEL_CACHE/mmcv-$MMCV_VERSION-$key"
     wheel=$(ls "$cache_dir"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
     if [ -z "$wheel" ]; then
@@ -173,6 +192,45 @@ if [ "$OPENMMLAB" = 1 ]; then
 else
     say "installing the test tools"
     "${PIP[@]}" install -q -r requirements/tests.txt
+fi
+
+install_detectron2() {
+    # detectron2 is not on PyPI: it is built from its source tarball against the torch in place.
+    local tarballs=($DETECTRON2_TARBALL)
+    [ "${#tarballs[@]}" = 1 ] && [ -f "${tarballs[0]}" ] \
+        || die "DETECTRON2_TARBALL=$DETECTRON2_TARBALL must name one detectron2 source tarball"
+    local tarball=${tarballs[0]} name cuda cache_dir wheel log build_dir status
+    name=$(basename "$tarball" .tar.gz)
+    cuda=$("$PY" -c 'import torch; print(int(torch.cuda.is_available()))')
+    cache_dir="$MMCV_WHEEL_CACHE/$name-$(wheel_key)"
+    wheel=$(ls "$cache_dir"/detectron2-*.whl 2>/dev/null | head -n 1 || true)
+    if [ -z "$wheel" ]; then
+        mkdir -p "$cache_dir"
+        log="$cache_dir/build.log"
+        say "building detectron2 from $tarball (CUDA: $cuda). Full log: $log"
+        build_dir=$(mktemp -d)
+        tar xzf "$tarball" -C "$build_dir"
+        set +e
+        FORCE_CUDA=$cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} "${PIP[@]}" wheel -v --no-cache-dir --no-build-isolation \
+            --no-deps -w "$build_dir/wheel" "$build_dir/$name" > "$log" 2>&1
+        status=$?
+        set -e
+        [ "$status" = 0 ] || die "detectron2 build failed (exit $status); the end of $log says why"
+        mv "$build_dir"/wheel/detectron2-*.whl "$cache_dir"/
+        rm -rf "$build_dir"
+        wheel=$(ls "$cache_dir"/detectron2-*.whl | head -n 1)
+        say "cached $wheel"
+    else
+        say "installing cached $wheel"
+    fi
+    # Its dependencies are pure Python and come from PyPI; torch is not among them.
+    "${PIP[@]}" install -q --force-reinstall --no-deps "$wheel"
+    "${PIP[@]}" install -q "$wheel" -r requirements/detectron2.txt
+    detectron2_ok >/dev/null || die "detectron2 is installed but does not import with its compiled ops"
+}
+
+if [ "$DETECTRON2" = 1 ]; then
+    install_detectron2
 fi
 # MMPRETRAIN=1: also mmpretrain, for the classification backbones (drconv_mmdet.mmpretrain). It
 # imports torchvision, which TORCHVISION_VERSION installs with torch.
