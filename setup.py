@@ -102,7 +102,8 @@ def cpu_extension() -> dict:
                 super().build_extensions()
             except Exception as error:  # compilers fail in many exception types
                 if kernels_required():
-                    raise
+                    raise RuntimeError(f'{REQUIRE_VARIABLE}=1, but the compiled CPU kernels did '
+                                       f'not build: {error}') from error
                 names = ', '.join(ext.name for ext in self.extensions)
                 print(f'WARNING: {names} was not built ({error}); the DRConv op will run its '
                       'PyTorch kernels on CPU', file=sys.stderr)
