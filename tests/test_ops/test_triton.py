@@ -144,6 +144,24 @@ def test_half_types(dtype):
     check_case(loop_case(2, 3, GEOMETRIES[4], 3, 4), dtype=dtype)
 
 
+def test_gradients_asked_for_alone():
+    """Each gradient computed alone equals the loop's (the input's alone takes the pixels' own
+    regions only); the expanded output gradient of a sum is read through its strides."""
+    (x, weight, guide, bias, geo_args), _, grad_out, wanted = loop_case(2, 4, GEOMETRIES[4], 3,
+                                                                        4)
+    leaves = [t.requires_grad_() for t in on_device((x, weight, guide, bias), torch.float32)]
+    with use_kernels('triton'):
+        out = dr_conv2d(*leaves, *geo_args)
+        for name, leaf, want in zip(('input', 'weight', 'guide', 'bias'), leaves, wanted):
+            (got, ) = torch.autograd.grad(out, leaf, grad_out.to(DEVICE, torch.float32),
+                                          retain_graph=True)
+            torch.testing.assert_close(got.cpu().double(), want, **TOLERANCES[torch.float32],
+                                       msg=name)
+        for got, want in zip(torch.autograd.grad(out.sum(), leaves, retain_graph=True),
+                             torch.autograd.grad(out, leaves, torch.ones_like(out))):
+            torch.testing.assert_close(got, want)
+
+
 @pytest.mark.slow
 def test_deterministic_mode_adds_tap_by_tap():
     """Under torch.use_deterministic_algorithms the input gradient is added one tap per launch,
