@@ -46,8 +46,10 @@ class DigitsDataset(BaseDataset):
             raise ImportError('DigitsDataset needs scikit-learn: pip install scikit-learn') \
                 from error
         digits = load_digits()
-        train, test = train_test_split(np.arange(len(digits.target)), test_size=0.3,
-                                       random_state=0, stratify=digits.target)
+        train, test = train_test_split(np.arange(len(digits.target)),
+                                       test_size=0.3,
+                                       random_state=0,
+                                       stratify=digits.target)
         images = np.round(digits.images * (255 / MAX_LEVEL)).astype(np.uint8)
         return [
             dict(img=np.repeat(images[index][:, :, None], 3, axis=2),

@@ -53,15 +53,25 @@ def _is_pointwise(module: nn.Module) -> bool:
     return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.groups == 1)
 
 
+def _guided(module: nn.Module) -> bool:
+    """Whether ``module`` is a Sequential of ConvModules with more than one 1x1 conv."""
+    return (isinstance(module, nn.Sequential) and len(module) > 0
+            and all(isinstance(unit, ConvModule) for unit in module)
+            and sum(map(_is_pointwise, module)) > 1)
+
+
 def pointwise_to_drconv(model: nn.Module, kwargs: Dict[str, Any], shared_guide: bool) -> List[str]:
     """Makes the conv of every 1x1 ``ConvModule`` of ``model`` a new DRConv2d.
 
-    Each DRConv takes its conv's channels, stride and bias and is initialised fresh (a
-    pretrained plain conv is put in by the checkpoint converter). With ``shared_guide``, the
-    DRConvs of one ``nn.Sequential`` of ConvModules (a ShuffleNetV2 branch, a MobileNetV2 block)
-    share the guide of the first of them, as the official DRConv ShuffleNetV2 shares one guide
-    per block: the first keeps its guide conv, the others are built without one and that
-    Sequential becomes a :class:`SharedGuideSequential` (same children, same state-dict keys).
+    Each DRConv takes its conv's channels, stride and bias and is initialised fresh; a plain
+    state dict loaded into ``model`` later starts them from its 1x1 weights
+    (:func:`start_drconvs_from_plain`, registered as a load-state-dict pre-hook).
+
+    With ``shared_guide``, the DRConvs of one ``nn.Sequential`` of ConvModules (a ShuffleNetV2
+    branch, a MobileNetV2 block) share the guide of the first of them, as the official DRConv
+    ShuffleNetV2 shares one guide per block: the first keeps its guide conv, the others are built
+    without one and that Sequential becomes a :class:`SharedGuideSequential` (same children, same
+    state-dict keys).
 
     Args:
         model (nn.Module): the plain backbone; changed in place.
@@ -78,20 +88,21 @@ def pointwise_to_drconv(model: nn.Module, kwargs: Dict[str, Any], shared_guide: 
             raise ValueError(f'{name}: a ConvModule of order {order} is not supported; expected '
                              "('conv', 'norm', 'act')")
     guided_sequences = [
-        name for name, module in model.named_modules()
-        if shared_guide and isinstance(module, nn.Sequential) and len(module) > 0
-        and all(isinstance(unit, ConvModule) for unit in module)
-        and sum(map(_is_pointwise, module)) > 1
+        name for name, module in model.named_modules() if shared_guide and _guided(module)
     ]
     # Every DRConv of a guided Sequential but its first takes the shared guide.
     followers = set()
     for name in guided_sequences:
-        followers.update(id(unit.conv) for unit in
-                         [unit for unit in model.get_submodule(name) if _is_pointwise(unit)][1:])
+        pointwise = [unit for unit in model.get_submodule(name) if _is_pointwise(unit)]
+        followers.update(id(unit.conv) for unit in pointwise[1:])
 
     def build(conv: nn.Conv2d) -> DRConv2d:
-        return DRConv2d(conv.in_channels, conv.out_channels, 1, conv.stride,
-                        bias=conv.bias is not None, with_guide_conv=id(conv) not in followers,
+        return DRConv2d(conv.in_channels,
+                        conv.out_channels,
+                        1,
+                        conv.stride,
+                        bias=conv.bias is not None,
+                        with_guide_conv=id(conv) not in followers,
                         **kwargs)
 
     replace_conv2d(model, names, build)
@@ -103,8 +114,8 @@ def pointwise_to_drconv(model: nn.Module, kwargs: Dict[str, Any], shared_guide: 
     return names
 
 
-def start_drconvs_from_plain(model: nn.Module, state_dict: Dict[str, Any], prefix: str,
-                             *args: Any, names: List[str]) -> None:
+def start_drconvs_from_plain(model: nn.Module, state_dict: Dict[str, Any], prefix: str, *args: Any,
+                             names: List[str]) -> None:
     """Load-state-dict pre-hook: the plain 1x1 weights at DRConv positions start the DRConvs.
 
     A plain checkpoint (mmpretrain's pretrained ShuffleNetV2 or MobileNetV2, through
@@ -143,9 +154,11 @@ def start_drconvs_from_plain(model: nn.Module, state_dict: Dict[str, Any], prefi
     for name in started:
         for key, value in model.get_submodule(name).state_dict(prefix=f'{prefix}{name}.').items():
             state_dict.setdefault(key, value)
-    print_log(f'{len(started)} DRConv layers start from the plain 1x1 weights at their '
-              'positions (each region\'s filter is the plain weight)', logger='current',
-              level=logging.INFO)
+    print_log(
+        f'{len(started)} DRConv layers start from the plain 1x1 weights at their '
+        'positions (each region\'s filter is the plain weight)',
+        logger='current',
+        level=logging.INFO)
 
 
 class SharedGuideSequential(nn.Sequential):

@@ -23,8 +23,11 @@ from drconv_mmdet.nn import DRConv2d  # noqa: E402
 CONFIG_DIR = REPO_ROOT / 'configs' / 'mmpretrain'
 IMAGENET_CONFIGS = sorted(CONFIG_DIR.glob('*_in1k.py'))
 CLASSIFIER_CONFIGS = IMAGENET_CONFIGS + sorted(CONFIG_DIR.glob('*_digits.py'))
-TABLE_1 = {'shufflenet-v2-0.5x': ('DRShuffleNetV2', 0.5), 'shufflenet-v2-1x': ('DRShuffleNetV2', 1.0),
-           'mobilenet-v2': ('DRMobileNetV2', 1.0)}
+TABLE_1 = {
+    'shufflenet-v2-0.5x': ('DRShuffleNetV2', 0.5),
+    'shufflenet-v2-1x': ('DRShuffleNetV2', 1.0),
+    'mobilenet-v2': ('DRMobileNetV2', 1.0),
+}
 
 
 def _name(path: Path) -> str:
