@@ -22,7 +22,8 @@ def put_drconvs_in_fpn(fpn: FPN, cfg: CN) -> FPN:
     conv's geometry, bias, norm and activation, trained from scratch as the rest of the FPN is;
     a plain detectron2 checkpoint starts it as the plain conv instead
     (:class:`~drconv_mmdet.detectron2.DRConvCheckpointer`). ``FPN.forward`` reads the convs from
-    the lists ``lateral_convs`` and ``output_convs``, which are updated too.
+    the lists ``lateral_convs`` and ``output_convs``, which are updated too. With
+    ``SHARED_GUIDE`` each level's output DRConv reads the guided feature of its lateral DRConv.
 
     Returns:
         FPN: ``fpn`` itself.
@@ -37,7 +38,17 @@ def put_drconvs_in_fpn(fpn: FPN, cfg: CN) -> FPN:
     node = cfg.MODEL.DRCONV
     kwargs = dict(region_num=node.REGION_NUM, generator=node.GENERATOR, num_bases=node.NUM_BASES,
                   static_kernel=node.STATIC_KERNEL, record_mask=node.RECORD_MASK)
-    replace_conv2d(fpn, names, lambda conv: NormActDRConv2d.like(conv, **kwargs))
+    if not node.SHARED_GUIDE:
+        replace_conv2d(fpn, names, lambda conv: NormActDRConv2d.like(conv, **kwargs))
+        return fpn
+    # FPN.forward runs each level's lateral conv and then its output conv, on maps of one size.
+    laterals = [name for name in names if name.startswith('fpn_lateral')]
+    replace_conv2d(fpn, laterals, lambda conv: NormActDRConv2d.like(conv, **kwargs))
+    outputs = [name for name in names if name.startswith('fpn_output')]
+    replace_conv2d(fpn, outputs,
+                   lambda conv: NormActDRConv2d.like(conv, with_guide_conv=False, **kwargs))
+    for name in outputs:
+        getattr(fpn, name).share_guide_from(getattr(fpn, name.replace('output', 'lateral')))
     return fpn
 
 

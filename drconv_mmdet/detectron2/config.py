@@ -30,6 +30,9 @@ def add_drconv_config(cfg: CN) -> None:
             ResNet-FPN on ``res2``-``res5``.
         CONVS (list[str]): which convs of those levels: ``'output'`` (3x3) and/or ``'lateral'``
             (1x1).
+        SHARED_GUIDE (bool): at each level, the output conv's DRConv takes the guided feature of
+            the lateral conv's DRConv (both at the level's size) instead of owning a guide conv:
+            one guide per level. Needs both kinds in ``CONVS``.
         RECORD_MASK (bool): each DRConv keeps its last guided mask in ``last_mask``.
     """
     cfg.MODEL.DRCONV = CN()
@@ -39,6 +42,7 @@ def add_drconv_config(cfg: CN) -> None:
     cfg.MODEL.DRCONV.STATIC_KERNEL = False
     cfg.MODEL.DRCONV.LEVELS = ['p2', 'p3']
     cfg.MODEL.DRCONV.CONVS = ['output']
+    cfg.MODEL.DRCONV.SHARED_GUIDE = False
     cfg.MODEL.DRCONV.RECORD_MASK = False
 
 
@@ -80,4 +84,8 @@ def drconv_layer_names(cfg: CN, levels: Sequence[str]) -> List[str]:
                              f'place for; expected some of {valid}')
         if len(set(values)) != len(values):
             raise ValueError(f'MODEL.DRCONV.{key} names an entry more than once: {values}')
+    if node.SHARED_GUIDE and set(node.CONVS) != set(CONV_KINDS):
+        raise ValueError(f'MODEL.DRCONV.SHARED_GUIDE: True shares the lateral DRConv\'s guide with '
+                         f'the output DRConv of each level and needs CONVS {list(CONV_KINDS)}, '
+                         f'but got CONVS {list(node.CONVS)}')
     return [f'fpn_{kind}{level[1:]}' for kind in node.CONVS for level in node.LEVELS]

@@ -44,6 +44,31 @@ def test_defaults_are_the_mmdet_8r_model():
     node = cfg.MODEL.DRCONV
     assert (node.REGION_NUM, node.GENERATOR, node.LEVELS, node.CONVS) == (8, 'basis',
                                                                           ['p2', 'p3'], ['output'])
+    assert not node.SHARED_GUIDE and not node.STATIC_KERNEL
+
+
+def test_shared_guide_gives_each_level_one_guide_conv():
+    cfg = drconv_cfg(TOY_CONFIG, 'MODEL.DRCONV.CONVS', ['lateral', 'output'],
+                     'MODEL.DRCONV.SHARED_GUIDE', True, 'MODEL.DRCONV.RECORD_MASK', True,
+                     'MODEL.FPN.OUT_CHANNELS', 16)
+    backbone = build_backbone(cfg)
+    for level in (2, 3):
+        lateral, output = getattr(backbone, f'fpn_lateral{level}'), getattr(backbone,
+                                                                            f'fpn_output{level}')
+        assert lateral.with_guide_conv and not output.with_guide_conv
+        assert output.guide_sources == [lateral]
+    # The guide is a parameter of the lateral DRConv only.
+    assert not any('fpn_output' in name and '.guide.' in name
+                   for name, _ in backbone.named_parameters())
+    out = backbone(torch.rand(2, 3, 64, 96))
+    for level in (2, 3):
+        lateral, output = getattr(backbone, f'fpn_lateral{level}'), getattr(backbone,
+                                                                            f'fpn_output{level}')
+        assert torch.equal(lateral.last_mask, output.last_mask)
+        assert lateral.last_guide is None
+    sum(v.sum() for v in out.values()).backward()
+    # The lateral's guide conv learns from the straight-through gradients of both layers.
+    assert backbone.fpn_lateral2.guide.weight.grad.abs().sum() > 0
 
 
 def test_lateral_and_output_convs_with_norm_stay_in_the_lists_forward_reads():
@@ -85,6 +110,9 @@ def test_lateral_and_output_convs_with_norm_stay_in_the_lists_forward_reads():
      r"MODEL\.DRCONV\.GENERATOR must be one of \['paper', 'basis'\], but got 'mixture'"),
     (['MODEL.DRCONV.STATIC_KERNEL', True],
      r"MODEL\.DRCONV\.STATIC_KERNEL: True needs GENERATOR 'paper', but got 'basis'"),
+    (['MODEL.DRCONV.SHARED_GUIDE', True],
+     r"MODEL\.DRCONV\.SHARED_GUIDE: True .* needs CONVS \['lateral', 'output'\], but got CONVS "
+     r"\['output'\]"),
 ])
 def test_bad_configs_name_the_key(opts, message):
     with pytest.raises(ValueError, match=message):

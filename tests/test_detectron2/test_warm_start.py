@@ -53,8 +53,9 @@ def save(state, path):
     (),
     ('MODEL.DRCONV.CONVS', ['lateral', 'output'], 'MODEL.DRCONV.LEVELS', ['p2', 'p4', 'p5'],
      'MODEL.FPN.NORM', 'GN', 'MODEL.DRCONV.REGION_NUM', 4),
+    ('MODEL.DRCONV.CONVS', ['lateral', 'output'], 'MODEL.DRCONV.SHARED_GUIDE', True),
     ('MODEL.DRCONV.GENERATOR', 'paper', 'MODEL.DRCONV.STATIC_KERNEL', True),
-], ids=['8r-output', 'gn-lateral-output', 'paper-static'])
+], ids=['8r-output', 'gn-lateral-output', 'shared-guide', 'paper-static'])
 def test_features_equal_the_plain_fpn_after_warm_start(tmp_path, suffix, opts, dtype, tol):
     plain, drconv = plain_and_drconv(*opts)
     plain.to(dtype)
