@@ -62,3 +62,22 @@ def test_subclass_with_its_own_forward_is_still_refused():
     model = torch.nn.Sequential(Doubled(3, 4, 1))
     with pytest.raises(ValueError, match=r'Doubled, whose forward is not nn\.Conv2d\.forward'):
         convert_to_drconv(model, ['0'])
+
+
+def test_share_guide_from_checks_both_layers_and_the_order():
+    source = NormActDRConv2d(4, 4, 1, region_num=2)
+    reader = NormActDRConv2d(4, 4, 3, padding=1, region_num=2, with_guide_conv=False)
+    with pytest.raises(ValueError, match='needs a layer built with with_guide_conv=False and a '
+                       'source with its own guide conv'):
+        source.share_guide_from(NormActDRConv2d(4, 4, 1, region_num=2))
+    with pytest.raises(ValueError, match='the source has 3 regions, this layer 2'):
+        reader.share_guide_from(NormActDRConv2d(4, 4, 1, region_num=3))
+    reader.share_guide_from(source)
+    x = torch.rand(1, 4, 6, 5)
+    with pytest.raises(RuntimeError, match='has not run since this layer last ran'):
+        reader(x)
+    source(x)
+    reader(x)
+    # The guide is used once: a second call without the source running again is refused.
+    with pytest.raises(RuntimeError, match='has not run since this layer last ran'):
+        reader(x)
