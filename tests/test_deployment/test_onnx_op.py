@@ -16,7 +16,8 @@ from drconv_mmdet.ops.onnx_lowering import dr_conv2d_lowered
 GEOMETRIES = [(3, 2, 1, 1, 4), (1, 1, 0, 1, 1), (3, 1, 2, 2, 4), (1, 2, 0, 1, 4)]
 # Exports are slow: stride, padding and dilation in one case.
 EXPORT_GEOMETRIES = [(3, 2, 2, 2, 4), (1, 1, 0, 1, 1)]
-EXPORTERS = [pytest.param('dynamo', marks=NEEDS_DYNAMO_EXPORTER), 'torchscript']
+# The dynamo exporter takes seconds per file: the fast lane exports with the TorchScript one.
+EXPORTERS = [pytest.param('dynamo', marks=[NEEDS_DYNAMO_EXPORTER, pytest.mark.slow]), 'torchscript']
 # (batch, height, width): the export example first, then other sizes through the same file.
 SIZES = [(2, 9, 7), (1, 13, 16), (3, 6, 11)]
 

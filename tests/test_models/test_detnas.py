@@ -490,6 +490,7 @@ def test_convert_rejects_unknown_arch():
         convert_detnas_checkpoint({}, 'VOC-FPN-300M')
 
 
+@pytest.mark.slow
 def test_converter_cli(tmp_path):
     state_dict = _random_state_dict(DetNAS())
     src, dst = tmp_path / 'COCO_FPN_300M.pkl', tmp_path / 'out' / 'detnas.pth'
@@ -506,6 +507,7 @@ def test_converter_cli(tmp_path):
         torch.equal(checkpoint['state_dict'][key], value) for key, value in state_dict.items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config, num_drconvs', [
     ('faster-rcnn_detnas-300m_fpn-4conv1fc_90k_coco.py', 0),
     ('faster-rcnn_detnas-300m-drconv-8r_fpn-4conv1fc_90k_coco.py', 46),

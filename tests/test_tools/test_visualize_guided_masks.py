@@ -34,6 +34,7 @@ def checkpoint(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 def test_one_picture_per_image_and_layer(visualize, checkpoint, toy_coco_root, tmp_path):
     image_dir = os.path.join(toy_coco_root, 'val')
     stems = sorted(os.path.splitext(name)[0] for name in os.listdir(image_dir))
