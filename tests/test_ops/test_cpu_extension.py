@@ -13,10 +13,10 @@ from unittest import mock
 
 import pytest
 import torch
+from helpers import NOT_BUILT, relative_error
 
 from drconv_mmdet.ops import cpu_extension, dr_conv2d, region_products, use_kernels
 from drconv_mmdet.ops.geometry import make_geometry
-from test_region_products import NOT_BUILT, relative_error
 
 needs_extension = pytest.mark.skipif(not cpu_extension.AVAILABLE, reason=NOT_BUILT)
 

@@ -8,9 +8,8 @@ import warnings
 
 import pytest
 import torch
-from helpers import GEOMETRIES, LAYOUTS, grads
-from test_region_products import (STRATEGIES, apply_strategy, loop_results, set_band_values,
-                                  skewed_args)
+from helpers import (GEOMETRIES, LAYOUTS, STRATEGIES, apply_strategy, grads, loop_results,
+                     set_band_values, skewed_args)
 from torch import nn
 
 from drconv_mmdet.nn import DRConv2d

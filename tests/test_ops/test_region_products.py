@@ -1,51 +1,12 @@
 """The ways the DRConv kernels cut a call into products, each checked against the float64 loop
 definition of tests/helpers.py: forward and every gradient."""
-import functools
-
 import pytest
 import torch
-from helpers import GEOMETRIES, LAYOUTS, grads, loop_dr_conv2d, loop_guide_grad, make_args
+from helpers import (GEOMETRIES, LAYOUTS, NOT_BUILT, STRATEGIES, apply_strategy, grads,
+                     loop_results, make_args, relative_error, set_band_values, skewed_args)
 from torch.autograd import gradcheck
 
 from drconv_mmdet.ops import cpu_extension, dr_conv2d, region_products, use_kernels
-
-# How a call is cut: the product-call cost that decides how far groups are padded into length
-# classes, and the band size; or the compiled CPU kernels. Every other strategy runs the PyTorch
-# kernels.
-STRATEGIES = {
-    'default': {},
-    # No padding: only groups of equal length share a product.
-    'exact_lengths': dict(call_macs=0),
-    # Every group padded to the longest one: one class, one product per band.
-    'one_padded_class': dict(call_macs=1 << 62),
-    # One-row bands: groups and samples split across bands, sums over bands.
-    'one_row_bands': dict(band_values=0),
-    # Filters used in place: all groups, empty ones too, padded in key order.
-    'key_order': dict(key_order=True),
-    'key_order_one_row_bands': dict(key_order=True, band_values=0),
-    'cpu_extension': dict(cpu_extension=True),
-}
-NOT_BUILT = 'the compiled CPU kernels are not built for this torch (pip install -e .)'
-
-
-def set_band_values(monkeypatch, values):
-    for device_type in ('cpu', 'cuda'):
-        monkeypatch.setitem(region_products.BAND_VALUES, device_type, values)
-        monkeypatch.setitem(region_products.GUIDE_CONV_BAND_VALUES, device_type, values)
-
-
-def apply_strategy(name, monkeypatch):
-    """Sets up the strategy ``name`` for the test; the kernels it runs, for use_kernels."""
-    settings = STRATEGIES[name]
-    if 'call_macs' in settings:
-        for device_type in ('cpu', 'cuda'):
-            monkeypatch.setitem(region_products.PRODUCT_CALL_MACS, device_type,
-                                settings['call_macs'])
-    if 'band_values' in settings:
-        set_band_values(monkeypatch, settings['band_values'])
-    if 'key_order' in settings:
-        monkeypatch.setattr(region_products, '_filters_outweigh_windows', lambda *args: True)
-    return 'compiled' if settings.get('cpu_extension') else 'pytorch'
 
 
 @pytest.fixture(params=list(STRATEGIES))
@@ -54,29 +15,6 @@ def strategy(request, monkeypatch):
         pytest.skip(NOT_BUILT)
     with use_kernels(apply_strategy(request.param, monkeypatch)):
         yield request.param
-
-
-def skewed_args(batch, geometry, dtype=torch.float64):
-    """Arguments whose region 0 owns most pixels, so that groups differ in length."""
-    x, weight, guide, bias, *geo = make_args(batch, 3, geometry, dtype=dtype)
-    guide = guide.clone()
-    guide[:, 0] += 1.0
-    return (x, weight, guide, bias, *geo)
-
-
-@functools.lru_cache(maxsize=None)
-def loop_results(batch, geometry):
-    """The loop definition's output and gradients for ``skewed_args(batch, geometry)``, computed
-    once for every strategy and layout (the loops are the slow part)."""
-    x, weight, guide, bias, stride, padding, dilation = skewed_args(batch, geometry)
-    x.requires_grad_()
-    weight.requires_grad_()
-    expected, responses = loop_dr_conv2d(x, weight, guide, bias, stride, padding, dilation)
-    grad_out = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1),
-                           dtype=expected.dtype)
-    want_x, want_w = torch.autograd.grad(expected, (x, weight), grad_out)
-    want_guide = loop_guide_grad(guide, responses, grad_out)
-    return expected.detach(), grad_out, (want_x, want_w, want_guide, grad_out.sum(dim=(0, 2, 3)))
 
 
 def check_against_loop(batch, geometry, layout):
@@ -154,10 +92,6 @@ def test_band_values_of_a_device_type_without_its_own():
     assert 'meta' not in region_products.BAND_VALUES
     assert region_products._band_values(torch.device('meta')) == (
         region_products.DEFAULT_BAND_VALUES)
-
-
-def relative_error(got, want):
-    return ((got.float() - want).norm() / want.norm()).item()
 
 
 def _cpu_bmm_supports(dtype: torch.dtype) -> bool:
