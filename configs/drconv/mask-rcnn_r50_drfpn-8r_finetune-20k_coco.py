@@ -3,7 +3,7 @@
 # the plain 3x3 weight), so training starts at the plain model's accuracy. Make the starting
 # checkpoint from mmdet's Mask R-CNN R50-FPN 2x (box AP 39.2, mask AP 35.4 in mmdet's model zoo):
 #   python tools/model_converters/plain_to_drconv.py \
-#       https://download.openmmlab.com/mmdetection/v2.0/mask_rcnn/mask_rcnn_r50_fpn_2x_coco/mask_rcnn_r50_fpn_2x_coco_bbox_mAP-0.392__segm_mAP-0.354_20200505_003907-3e542a40.pth \
+#       https://download.openmmlab.com/mmdetection/v2.0/mask_rcnn/mask_rcnn_r50_fpn_2x_coco/mask_rcnn_r50_fpn_2x_coco_bbox_mAP-0.392__segm_mAP-0.354_20200505_003907-3e542a40.pth \  # noqa: E501
 #       configs/drconv/mask-rcnn_r50_drfpn-8r_finetune-20k_coco.py \
 #       checkpoints/mask-rcnn_r50_drfpn-8r_from-plain.pth
 # The schedule is ours, not the paper's (the paper trains every model from ImageNet weights,

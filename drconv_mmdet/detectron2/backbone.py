@@ -31,9 +31,9 @@ def put_drconvs_in_fpn(fpn: FPN, cfg: CN) -> FPN:
     Raises:
         ValueError: a ``MODEL.DRCONV`` key with a value it cannot take, naming the key.
     """
-    levels = sorted((f'p{match.group(1)}' for match in map(_LEVEL_CONV.fullmatch,
-                                                            dict(fpn.named_children()))
-                     if match), key=lambda level: int(level[1:]))
+    matches = map(_LEVEL_CONV.fullmatch, dict(fpn.named_children()))
+    levels = sorted((f'p{match.group(1)}' for match in matches if match),
+                    key=lambda level: int(level[1:]))
     names = drconv_layer_names(cfg, levels)
     node = cfg.MODEL.DRCONV
     kwargs = dict(region_num=node.REGION_NUM, generator=node.GENERATOR, num_bases=node.NUM_BASES,

@@ -4,7 +4,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from torch import Tensor, nn
+from torch import nn
 
 from drconv_mmdet.nn import DRConv2d
 

@@ -87,8 +87,8 @@ def main(args: argparse.Namespace) -> Any:
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DRConvCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS,
-                                                                         resume=args.resume)
+        checkpointer = DRConvCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
