@@ -164,10 +164,14 @@ def test_bad_generator():
         DRMobileNetV2(widen_factor=0.25, generator='condconv')
 
 
-def test_importing_drconv_mmdet_leaves_mmpretrain_out():
-    result = subprocess.run(
-        [sys.executable, '-c', 'import sys, drconv_mmdet; '
-         'assert "mmpretrain" not in sys.modules, "mmpretrain imported"; '
-         'assert "drconv_mmdet.mmpretrain" not in sys.modules'],
-        capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize('block_mmdet', [True, False])
+def test_importing_drconv_mmdet_leaves_mmpretrain_out(block_mmdet):
+    # mmdet's own ReID models import mmpretrain where it is installed, so without mmdet nothing
+    # may import it, and with mmdet the backbones' subpackage stays out.
+    code = ('import sys; sys.modules["mmdet"] = None; ' if block_mmdet else 'import sys; ')
+    code += 'import drconv_mmdet; assert "drconv_mmdet.mmpretrain" not in sys.modules'
+    if block_mmdet:
+        code += '; assert "mmpretrain" not in sys.modules, "mmpretrain imported"'
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
