@@ -23,6 +23,8 @@
 #                           (wheel cached next to mmcv's) and install it with its pure-Python dependencies
 #   DETECTRON2_TARBALL=../shared/vendor/detectron2/detectron2-*.tar.gz   that tarball (a glob matching one
 #                           file, relative to the repository root)
+#   MMPRETRAIN=0            1: also install mmpretrain (MMPRETRAIN_VERSION=1.2.0), for drconv_mmdet.mmpretrain;
+#                           it imports torchvision, so set TORCHVISION_VERSION too
 #   DRCONV_REQUIRE_CPU_KERNELS=0   1: the plugin's compiled CPU kernels must build and load, or the
 #                           install and every import of the plugin fail (the Makefile sets 1 where a
 #                           C++ compiler works)
@@ -43,6 +45,8 @@ MMENGINE_VERSION=0.10.7
 MMDET_VERSION=3.3.0
 MMCV_WHEEL_CACHE=${MMCV_WHEEL_CACHE:-$HOME/.cache/drconv-mmdet/wheels}
 DETECTRON2=${DETECTRON2:-0}
+MMPRETRAIN=${MMPRETRAIN:-0}
+MMPRETRAIN_VERSION=${MMPRETRAIN_VERSION:-1.2.0}
 DETECTRON2_TARBALL=${DETECTRON2_TARBALL:-../shared/vendor/detectron2/detectron2-*.tar.gz}
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -64,7 +68,7 @@ stamp_inputs() {
     cat setup.py requirements/*.txt tools/misc/setup_env.sh drconv_mmdet/ops/csrc/*
     echo "${DRCONV_REQUIRE_CPU_KERNELS:-0}"
     echo "$TORCH_VERSION $KEEP_TORCH $TORCHVISION_VERSION $OPENMMLAB $EDITABLE $CONSTRAINTS"
-    echo "$DETECTRON2 $DETECTRON2_TARBALL"
+    echo "$DETECTRON2 $DETECTRON2_TARBALL $MMPRETRAIN $MMPRETRAIN_VERSION"
     echo "$MMCV_VERSION $MMENGINE_VERSION $MMDET_VERSION"
 }
 STAMP="$VENV/.drconv-mmdet-setup"
@@ -234,11 +238,11 @@ if [ "$DETECTRON2" = 1 ]; then
 fi
 # MMPRETRAIN=1: also mmpretrain, for the classification backbones (drconv_mmdet.mmpretrain). It
 # imports torchvision, which TORCHVISION_VERSION installs with torch.
-if [ "${MMPRETRAIN:-0}" = 1 ]; then
+if [ "$MMPRETRAIN" = 1 ]; then
     "$PY" -c 'import torchvision' 2>/dev/null \
         || die "MMPRETRAIN=1 needs a torchvision that imports: set TORCHVISION_VERSION (0.16.2 for torch 2.1.2)"
-    say "installing mmpretrain==${MMPRETRAIN_VERSION:-1.2.0}"
-    "${PIP[@]}" install -q "mmpretrain==${MMPRETRAIN_VERSION:-1.2.0}"
+    say "installing mmpretrain==$MMPRETRAIN_VERSION"
+    "${PIP[@]}" install -q "mmpretrain==$MMPRETRAIN_VERSION"
     "$PY" -c 'import mmpretrain, torchvision
 from mmpretrain.models import MobileNetV2, ShuffleNetV2  # noqa: F401
 print(f"[setup] ok: mmpretrain {mmpretrain.__version__}, torchvision {torchvision.__version__}")' \
