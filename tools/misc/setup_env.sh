@@ -137,6 +137,21 @@ else
         "${PIP[@]}" install -q "${torch_pkgs[@]}"
     fi
 fi
+# Every later install keeps this torch (and torchvision): a requirement that an older torch cannot
+# meet (for example triton 3 next to torch 2.1) must fail, not replace torch.
+pins="$VENV/torch-pins.txt"
+"$PY" - "$pins" <<'PY'
+import importlib.metadata as metadata
+import sys
+
+with open(sys.argv[1], 'w') as f:
+    for name in ('torch', 'torchvision'):
+        try:
+            f.write(f'{name}=={metadata.version(name)}\n')
+        except metadata.PackageNotFoundError:
+            pass
+PY
+export PIP_CONSTRAINT="${PIP_CONSTRAINT:+$PIP_CONSTRAINT }$(realpath "$pins")"
 
 # A compiled wheel is only valid for the python, torch and CUDA it was built against. The CUDA ops
 # are built only where a GPU is visible, so the key says when a wheel has them.
@@ -196,6 +211,11 @@ if [ "$OPENMMLAB" = 1 ]; then
 else
     say "installing the test tools"
     "${PIP[@]}" install -q -r requirements/tests.txt
+fi
+if ! "$PY" -c 'import triton' 2>/dev/null \
+        && "$PY" -c 'import sys, torch; sys.exit(tuple(map(int, torch.__version__.split(".")[:2])) < (2, 4))'; then
+    say "installing triton (requirements/triton.txt)"
+    "${PIP[@]}" install -q -r requirements/triton.txt
 fi
 
 install_detectron2() {
