@@ -67,8 +67,11 @@ def environment(**variables: str) -> Dict[str, str]:
 
 
 def pip_install(args: List[str], env: Dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', *args], env=env,
-                          cwd=cwd, capture_output=True, text=True, timeout=600)
+    # --ignore-installed: an install into a --prefix would otherwise first uninstall the plugin
+    # from this environment, where the other tests and tools run it.
+    return subprocess.run(
+        [sys.executable, '-m', 'pip', 'install', '--no-deps', '--ignore-installed', *args],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 def use(path: Path, cwd: Path, **variables: str) -> subprocess.CompletedProcess:
