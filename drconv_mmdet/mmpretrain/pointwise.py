@@ -17,7 +17,8 @@ from drconv_mmdet.nn import DRConv2d, replace_conv2d, sample_guide
 from drconv_mmdet.torch_compat import register_load_state_dict_pre_hook
 
 __all__ = [
-    'SharedGuideSequential', 'drconv_kwargs', 'pointwise_to_drconv', 'start_drconvs_from_plain'
+    'PointwiseDRConvs', 'SharedGuideSequential', 'drconv_kwargs', 'pointwise_to_drconv',
+    'start_drconvs_from_plain'
 ]
 
 # Arguments that the backbones set themselves and a drconv_cfg must leave out.
@@ -112,6 +113,25 @@ def pointwise_to_drconv(model: nn.Module, kwargs: Dict[str, Any], shared_guide: 
         setattr(owner, child, SharedGuideSequential(*getattr(owner, child)))
     register_load_state_dict_pre_hook(model, partial(start_drconvs_from_plain, names=names))
     return names
+
+
+class PointwiseDRConvs:
+    """Builds the mmpretrain network it precedes in the bases, then turns every 1x1 conv into a
+    DRConv with :func:`pointwise_to_drconv`; the DRConv networks' shared arguments."""
+
+    def __init__(self,
+                 widen_factor: float = 1.0,
+                 region_num: int = 8,
+                 generator: str = 'basis',
+                 drconv_cfg: Optional[dict] = None,
+                 shared_guide: bool = False,
+                 **kwargs) -> None:
+        # Checked before the base network is built, so that a bad argument fails at once.
+        kwargs_of_drconv = drconv_kwargs(region_num, generator, drconv_cfg)
+        super().__init__(widen_factor=widen_factor, **kwargs)
+        self.region_num = region_num
+        self.shared_guide = shared_guide
+        self.drconv_names = pointwise_to_drconv(self, kwargs_of_drconv, shared_guide)
 
 
 def start_drconvs_from_plain(model: nn.Module, state_dict: Dict[str, Any], prefix: str, *args: Any,

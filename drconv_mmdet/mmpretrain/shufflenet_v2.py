@@ -1,16 +1,14 @@
 """DRConv-ShuffleNetV2: mmpretrain's ShuffleNetV2 with every 1x1 conv a DRConv (Table 1)."""
-from typing import Optional
-
 from mmpretrain.models.backbones import ShuffleNetV2
 from mmpretrain.registry import MODELS
 
-from .pointwise import drconv_kwargs, pointwise_to_drconv
+from .pointwise import PointwiseDRConvs
 
 __all__ = ['DRShuffleNetV2']
 
 
 @MODELS.register_module()
-class DRShuffleNetV2(ShuffleNetV2):
+class DRShuffleNetV2(PointwiseDRConvs, ShuffleNetV2):
     """ShuffleNetV2 whose 1x1 convs are DRConvs, as in the DRConv paper's Table 1.
 
     Every 1x1 conv (both of each block's main branch, the one of each stride-2 block's
@@ -35,16 +33,3 @@ class DRShuffleNetV2(ShuffleNetV2):
         **kwargs: the other arguments of :class:`mmpretrain.models.ShuffleNetV2`
             (``out_indices``, ``frozen_stages``, ``norm_eval``, ...).
     """
-
-    def __init__(self,
-                 widen_factor: float = 1.0,
-                 region_num: int = 8,
-                 generator: str = 'basis',
-                 drconv_cfg: Optional[dict] = None,
-                 shared_guide: bool = False,
-                 **kwargs) -> None:
-        kwargs_of_drconv = drconv_kwargs(region_num, generator, drconv_cfg)
-        super().__init__(widen_factor=widen_factor, **kwargs)
-        self.region_num = region_num
-        self.shared_guide = shared_guide
-        self.drconv_names = pointwise_to_drconv(self, kwargs_of_drconv, shared_guide)
