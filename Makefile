@@ -30,7 +30,7 @@ data: setup
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-# The suite without the tests marked slow (setup.cfg): about a minute.
+# The suite without the tests marked slow (setup.cfg), for quick checks while developing.
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
