@@ -22,6 +22,7 @@ from drconv_mmdet.ops.geometry import as_pair
 
 if TYPE_CHECKING:
     from mmengine.config import Config
+    from mmengine.runner import Runner
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = 'configs/demo/mask-rcnn_r18_fpn_toy-coco.py'
@@ -245,3 +246,38 @@ def loop_results(batch, geometry):
 
 def relative_error(got, want):
     return ((got.float() - want).norm() / want.norm()).item()
+
+
+def schedule_runner(cfg: 'Config', work_dir: str, scale_lr: bool = False) -> 'Runner':
+    """The train loop, optimizer and parameter schedulers a Runner builds from ``cfg`` before its
+    first iteration, on a one-parameter model and a dataset of one batch; ``scale_lr`` applies
+    ``--auto-scale-lr`` for one process."""
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class OneParameter(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, *args, **kwargs):
+            return {}
+
+    batch_size = cfg.train_dataloader.batch_size
+    runner = Runner(
+        model=OneParameter(),
+        work_dir=work_dir,
+        train_dataloader=dict(dataset=list(range(batch_size)), sampler=cfg.train_dataloader.sampler,
+                              batch_size=batch_size, collate_fn=dict(type='pseudo_collate')),
+        train_cfg=cfg.train_cfg,
+        optim_wrapper=cfg.optim_wrapper,
+        param_scheduler=cfg.param_scheduler,
+        auto_scale_lr=dict(cfg.auto_scale_lr, enable=True) if scale_lr else None,
+        default_scope=cfg.default_scope)
+    runner._train_loop = runner.build_train_loop(runner._train_loop)
+    runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
+    if scale_lr:
+        runner.scale_lr(runner.optim_wrapper, runner.auto_scale_lr)
+    runner.param_schedulers = runner.build_param_scheduler(runner.param_schedulers)
+    return runner

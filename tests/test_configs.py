@@ -6,13 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, schedule_runner
 from mmdet.registry import MODELS
 from mmengine.config import Config
-from mmengine.model import BaseModel
 from mmengine.registry import init_default_scope
-from mmengine.runner import IterBasedTrainLoop, Runner
-from torch import nn
+from mmengine.runner import IterBasedTrainLoop
 
 from drconv_mmdet.nn import DRConv2d
 
@@ -77,36 +75,9 @@ def test_model_has_drconvs_where_the_config_says(path: Path):
 
 @pytest.fixture(scope='module')
 def paper_runner(tmp_path_factory):
-    """The train loop, optimizer and schedulers a Runner builds from the 8R config, on a
-    one-parameter model and a two-item dataset, in one process with ``--auto-scale-lr``."""
+    """What a Runner builds from the 8R config, in one process with ``--auto-scale-lr``."""
     cfg = Config.fromfile(str(REPO_ROOT / 'configs/drconv/mask-rcnn_r50_drfpn-8r_180k_coco.py'))
-
-    class OneParameter(BaseModel):
-
-        def __init__(self):
-            super().__init__()
-            self.weight = nn.Parameter(torch.zeros(1))
-
-        def forward(self, *args, **kwargs):
-            return {}
-
-    runner = Runner(
-        model=OneParameter(),
-        work_dir=str(tmp_path_factory.mktemp('paper_schedule')),
-        train_dataloader=dict(dataset=[0, 1], sampler=cfg.train_dataloader.sampler,
-                              batch_size=cfg.train_dataloader.batch_size,
-                              collate_fn=dict(type='pseudo_collate')),
-        train_cfg=cfg.train_cfg,
-        optim_wrapper=cfg.optim_wrapper,
-        param_scheduler=cfg.param_scheduler,
-        auto_scale_lr=dict(cfg.auto_scale_lr, enable=True),
-        default_scope='mmdet')
-    # What Runner.train() builds before its first iteration.
-    runner._train_loop = runner.build_train_loop(runner._train_loop)
-    runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
-    runner.scale_lr(runner.optim_wrapper, runner.auto_scale_lr)
-    runner.param_schedulers = runner.build_param_scheduler(runner.param_schedulers)
-    return runner
+    return schedule_runner(cfg, str(tmp_path_factory.mktemp('paper_schedule')), scale_lr=True)
 
 
 def _lr_at(runner, iterations):

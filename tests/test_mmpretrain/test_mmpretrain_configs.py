@@ -6,14 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, schedule_runner
 from torch import nn
 
 pytest.importorskip('mmpretrain', reason='needs mmpretrain and torchvision: make setup-compat '
                     'installs them (the torch 2.13 CPU wheel cannot load torchvision)')
 
 from mmengine.config import Config  # noqa: E402
-from mmengine.model import BaseModel  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.runner import EpochBasedTrainLoop, Runner  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
@@ -64,35 +63,6 @@ def test_network_is_the_one_the_name_says(path):
     assert plain_cfg.train_dataloader == cfg.train_dataloader
 
 
-def _runner(cfg: Config, work_dir: str) -> Runner:
-    """The train loop, optimizer and schedulers a Runner builds from ``cfg``, on a one-parameter
-    model and a dataset of one batch (so an epoch is one iteration)."""
-
-    class OneParameter(BaseModel):
-
-        def __init__(self):
-            super().__init__()
-            self.weight = nn.Parameter(torch.zeros(1))
-
-        def forward(self, *args, **kwargs):
-            return {}
-
-    batch_size = cfg.train_dataloader.batch_size
-    runner = Runner(
-        model=OneParameter(),
-        work_dir=work_dir,
-        train_dataloader=dict(dataset=list(range(batch_size)), sampler=cfg.train_dataloader.sampler,
-                              batch_size=batch_size, collate_fn=dict(type='pseudo_collate')),
-        train_cfg=cfg.train_cfg,
-        optim_wrapper=cfg.optim_wrapper,
-        param_scheduler=cfg.param_scheduler,
-        default_scope=cfg.default_scope)
-    runner._train_loop = runner.build_train_loop(runner._train_loop)
-    runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
-    runner.param_schedulers = runner.build_param_scheduler(runner.param_schedulers)
-    return runner
-
-
 def _lrs(runner: Runner) -> list:
     optimizer = runner.optim_wrapper.optimizer
     runner.optim_wrapper.step()  # the schedulers expect an optimizer step before theirs
@@ -109,7 +79,7 @@ def test_imagenet_configs_train_on_the_paper_schedule(path, tmp_path):
     """Sec. 4.1: 240 epochs, lr from 0.5 linearly to 0; ShuffleNetV2's setting: SGD, momentum 0.9,
     weight decay 4e-5 and none on the norms, 1024 images a step; 224 x 224 crops."""
     cfg = Config.fromfile(str(path))
-    runner = _runner(cfg, str(tmp_path))
+    runner = schedule_runner(cfg, str(tmp_path))
     assert isinstance(runner.train_loop, EpochBasedTrainLoop)
     assert runner.max_epochs == 240 and runner.max_iters == 240
     optimizer = runner.optim_wrapper.optimizer
@@ -130,7 +100,7 @@ def test_imagenet_configs_train_on_the_paper_schedule(path, tmp_path):
 @pytest.mark.parametrize('path', sorted(CONFIG_DIR.glob('*_digits.py')), ids=_name)
 def test_digits_configs_decay_linearly_to_zero(path, tmp_path):
     cfg = Config.fromfile(str(path))
-    runner = _runner(cfg, str(tmp_path))
+    runner = schedule_runner(cfg, str(tmp_path))
     lrs = _lrs(runner)
     base_lr = cfg.optim_wrapper.optimizer.lr
     assert lrs[0] == base_lr and len(lrs) == runner.max_epochs and lrs[-1] < 1e-12
