@@ -10,6 +10,7 @@ from torch import nn
 pytest.importorskip('mmpretrain', reason='needs mmpretrain and torchvision: make setup-compat '
                     'installs them (the torch 2.13 CPU wheel cannot load torchvision)')
 
+from mmengine.registry import DefaultScope  # noqa: E402
 from mmpretrain.models.backbones import MobileNetV2, ShuffleNetV2  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
 
@@ -141,12 +142,15 @@ def test_frozen_stages_freeze_the_drconvs():
 
 
 def test_registered_in_mmpretrain():
-    model = MODELS.build(dict(type='DRShuffleNetV2', widen_factor=0.5, generator='paper',
-                              region_num=2))
+    # As an mmpretrain config builds them (default_scope='mmpretrain'), whatever scope an earlier
+    # test left.
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(dict(type='DRShuffleNetV2', widen_factor=0.5, generator='paper',
+                                  region_num=2))
+        mobilenet = MODELS.build(dict(type='DRMobileNetV2', widen_factor=0.25, **SMALL))
     assert isinstance(model, DRShuffleNetV2)
     assert {m.generator_type for m in model.modules() if isinstance(m, DRConv2d)} == {'paper'}
-    assert isinstance(MODELS.build(dict(type='DRMobileNetV2', widen_factor=0.25, **SMALL)),
-                      DRMobileNetV2)
+    assert isinstance(mobilenet, DRMobileNetV2)
 
 
 @pytest.mark.parametrize('drconv_cfg, message', [
