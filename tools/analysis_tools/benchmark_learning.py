@@ -101,12 +101,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--sgd-lrs',
                         nargs='*',
                         type=float,
-                        default=[0.02, 0.06, 0.2, 0.6],
+                        default=[0.02, 0.06, 0.2, 0.6, 2.0],
                         help='peak learning rates of SGD in the sweep (none: no SGD)')
     parser.add_argument('--adamw-lrs',
                         nargs='*',
                         type=float,
-                        default=[1e-3, 3e-3, 1e-2, 3e-2],
+                        default=[1e-3, 3e-3, 1e-2, 3e-2, 0.1],
                         help='peak learning rates of AdamW in the sweep (none: no AdamW)')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument('--epochs', type=int, default=12)
