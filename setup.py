@@ -105,17 +105,18 @@ def cpu_extension() -> dict:
                     raise RuntimeError(f'{REQUIRE_VARIABLE}=1, but the compiled CPU kernels did '
                                        f'not build: {error}') from error
                 names = ', '.join(ext.name for ext in self.extensions)
-                print(f'WARNING: {names} was not built ({error}); the DRConv op will run its '
-                      'PyTorch kernels on CPU', file=sys.stderr)
+                print(
+                    f'WARNING: {names} was not built ({error}); the DRConv op will run its '
+                    'PyTorch kernels on CPU',
+                    file=sys.stderr)
                 # Nothing is left to copy or package: an editable install would otherwise copy
                 # the missing library into the source tree and stop.
                 self.extensions = []
 
-    extension = CppExtension(
-        f'drconv_mmdet._C_torch{version}', [CPU_KERNELS],
-        depends=CPU_KERNEL_HEADERS,
-        extra_compile_args=['-O3' if os.name != 'nt' else '/O2', *openmp],
-        extra_link_args=[flag for flag in openmp if flag != '/openmp'])
+    extension = CppExtension(f'drconv_mmdet._C_torch{version}', [CPU_KERNELS],
+                             depends=CPU_KERNEL_HEADERS,
+                             extra_compile_args=['-O3' if os.name != 'nt' else '/O2', *openmp],
+                             extra_link_args=[flag for flag in openmp if flag != '/openmp'])
     return dict(ext_modules=[extension], cmdclass={'build_ext': OptionalBuildExtension})
 
 
@@ -123,24 +124,23 @@ if __name__ == '__main__':
     add_mim_extension()
     with open(osp.join(REPO_ROOT, 'README.md'), encoding='utf-8') as f:
         long_description = f.read()
-    setup(
-        name='drconv-mmdet',
-        version=read_version(),
-        description='Dynamic Region-Aware Convolution (DRConv) for MMDetection 3.x',
-        long_description=long_description,
-        long_description_content_type='text/markdown',
-        license='Apache-2.0',
-        python_requires='>=3.8',
-        packages=find_packages(exclude=('configs', 'tools', 'tests', 'tests.*')),
-        include_package_data=True,
-        install_requires=parse_requirements('requirements/runtime.txt'),
-        extras_require={
-            'tests': parse_requirements('requirements/tests.txt'),
-            'mim': parse_requirements('requirements/mminstall.txt'),
-        },
-        classifiers=[
-            'Programming Language :: Python :: 3',
-            'Topic :: Scientific/Engineering :: Artificial Intelligence',
-        ],
-        zip_safe=False,
-        **cpu_extension())
+    setup(name='drconv-mmdet',
+          version=read_version(),
+          description='Dynamic Region-Aware Convolution (DRConv) for MMDetection 3.x',
+          long_description=long_description,
+          long_description_content_type='text/markdown',
+          license='Apache-2.0',
+          python_requires='>=3.8',
+          packages=find_packages(exclude=('configs', 'tools', 'tests', 'tests.*')),
+          include_package_data=True,
+          install_requires=parse_requirements('requirements/runtime.txt'),
+          extras_require={
+              'tests': parse_requirements('requirements/tests.txt'),
+              'mim': parse_requirements('requirements/mminstall.txt'),
+          },
+          classifiers=[
+              'Programming Language :: Python :: 3',
+              'Topic :: Scientific/Engineering :: Artificial Intelligence',
+          ],
+          zip_safe=False,
+          **cpu_extension())

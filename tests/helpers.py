@@ -31,7 +31,7 @@ DEMO_DRFPN_CONFIG = 'configs/demo/mask-rcnn_r18_drfpn-8r_toy-coco.py'
 IntOrPair = Union[int, Sequence[int]]
 
 NEEDS_DYNAMO_EXPORTER = pytest.mark.skipif(
-    tuple(int(v) for v in torch.__version__.split('.')[:2]) < (2, 5),
+    (tuple(int(v) for v in torch.__version__.split('.')[:2]) < (2, 5)),
     reason='the dynamo ONNX exporter needs torch >= 2.5')
 
 # (kernel, stride, padding, dilation): asymmetric on purpose, so that H/W mix-ups fail.
@@ -62,14 +62,22 @@ def make_args(batch: int,
     ``scaled`` divides the filters by the square root of their fan-in, so that float32 sums of
     many products stay near 1.
     """
-    kernel, stride, padding, dilation = (
-        as_pair(value, name, minimum)
-        for value, name, minimum in zip(geometry, ('kernel', 'stride', 'padding', 'dilation'),
-                                        (1, 1, 0, 1)))
+    kernel, stride, padding, dilation = [
+        as_pair(value, name, minimum) for value, name, minimum in zip(
+            geometry,
+            ('kernel', 'stride', 'padding', 'dilation'),
+            (1, 1, 0, 1),
+        )
+    ]
     gen = torch.Generator().manual_seed(seed)
     out_size = conv_output_size(tuple(size), kernel, stride, padding, dilation)
     x = torch.randn(batch, channels, *size, generator=gen, dtype=dtype)
-    weight = torch.randn(batch, regions, out_channels, channels, *kernel, generator=gen,
+    weight = torch.randn(batch,
+                         regions,
+                         out_channels,
+                         channels,
+                         *kernel,
+                         generator=gen,
                          dtype=dtype)
     if scaled:
         weight = weight / (channels * kernel[0] * kernel[1])**0.5
@@ -85,7 +93,11 @@ def loop_dr_conv2d(x: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tens
     kh, kw = weight.shape[-2:]
     x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
     out_h, out_w = guide.shape[-2:]
-    out_rows, responses = [], torch.zeros(batch, num_regions, out_channels, out_h, out_w,
+    out_rows, responses = [], torch.zeros(batch,
+                                          num_regions,
+                                          out_channels,
+                                          out_h,
+                                          out_w,
                                           dtype=x.dtype)
     for b in range(batch):
         for i, j in itertools.product(range(out_h), range(out_w)):
@@ -163,11 +175,16 @@ def tiny_run_options(data_root: str, max_iters: int = 4, checkpoint_interval: in
     return ['--cfg-options', *options]
 
 
-def run_tool(*args: str, env: Optional[dict] = None,
+def run_tool(*args: str,
+             env: Optional[dict] = None,
              timeout: int = 600) -> subprocess.CompletedProcess:
     """Runs a command from the repository root, capturing its output."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([*args], cwd=REPO_ROOT, env=full_env, capture_output=True, text=True,
+    return subprocess.run([*args],
+                          cwd=REPO_ROOT,
+                          env=full_env,
+                          capture_output=True,
+                          text=True,
                           timeout=timeout)
 
 
@@ -237,7 +254,8 @@ def loop_results(batch, geometry):
     x.requires_grad_()
     weight.requires_grad_()
     expected, responses = loop_dr_conv2d(x, weight, guide, bias, stride, padding, dilation)
-    grad_out = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1),
+    grad_out = torch.randn(expected.shape,
+                           generator=torch.Generator().manual_seed(1),
                            dtype=expected.dtype)
     want_x, want_w = torch.autograd.grad(expected, (x, weight), grad_out)
     want_guide = loop_guide_grad(guide, responses, grad_out)
@@ -265,16 +283,17 @@ def schedule_runner(cfg: 'Config', work_dir: str, scale_lr: bool = False) -> 'Ru
             return {}
 
     batch_size = cfg.train_dataloader.batch_size
-    runner = Runner(
-        model=OneParameter(),
-        work_dir=work_dir,
-        train_dataloader=dict(dataset=list(range(batch_size)), sampler=cfg.train_dataloader.sampler,
-                              batch_size=batch_size, collate_fn=dict(type='pseudo_collate')),
-        train_cfg=cfg.train_cfg,
-        optim_wrapper=cfg.optim_wrapper,
-        param_scheduler=cfg.param_scheduler,
-        auto_scale_lr=dict(cfg.auto_scale_lr, enable=True) if scale_lr else None,
-        default_scope=cfg.default_scope)
+    runner = Runner(model=OneParameter(),
+                    work_dir=work_dir,
+                    train_dataloader=dict(dataset=list(range(batch_size)),
+                                          sampler=cfg.train_dataloader.sampler,
+                                          batch_size=batch_size,
+                                          collate_fn=dict(type='pseudo_collate')),
+                    train_cfg=cfg.train_cfg,
+                    optim_wrapper=cfg.optim_wrapper,
+                    param_scheduler=cfg.param_scheduler,
+                    auto_scale_lr=dict(cfg.auto_scale_lr, enable=True) if scale_lr else None,
+                    default_scope=cfg.default_scope)
     runner._train_loop = runner.build_train_loop(runner._train_loop)
     runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
     if scale_lr:

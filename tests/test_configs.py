@@ -121,10 +121,22 @@ def test_paper_schedule_as_a_runner_builds_it(paper_runner):
     base_lr = 0.02 * batch / 16
     steps = [120000, 140000, 150000]
     later_milestones = [
-        set(s.milestones) for s in paper_runner.param_schedulers if hasattr(s, 'milestones')]
+        set(s.milestones) for s in paper_runner.param_schedulers if hasattr(s, 'milestones')
+    ]
     assert later_milestones == [set(steps)]
-    factors = {0: 0.33, 1: None, 499: 1, 500: 1, 119999: 1, 120000: 0.1, 139999: 0.1,
-               140000: 0.01, 149999: 0.01, 150000: 0.001, 179999: 0.001}
+    factors = {
+        0: 0.33,
+        1: None,
+        499: 1,
+        500: 1,
+        119999: 1,
+        120000: 0.1,
+        139999: 0.1,
+        140000: 0.01,
+        149999: 0.01,
+        150000: 0.001,
+        179999: 0.001
+    }
     lrs = _lr_at(paper_runner, sorted(factors))
     for iteration, factor in factors.items():
         if factor is not None:

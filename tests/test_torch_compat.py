@@ -53,8 +53,8 @@ class _Renamed(nn.Module):
         self.handle = torch_compat.register_load_state_dict_pre_hook(self, self._rename)
 
     @staticmethod
-    def _rename(module, state_dict, prefix, local_metadata, strict, missing_keys,
-                unexpected_keys, error_msgs):
+    def _rename(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                error_msgs):
         module.calls.append((prefix, strict))
         if prefix + 'old' in state_dict:
             state_dict[prefix + 'new'] = state_dict.pop(prefix + 'old')

@@ -17,13 +17,16 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument(
-        '--out', type=str, help='dump the predictions to a pickle file (.pkl) for offline eval')
+    parser.add_argument('--out',
+                        type=str,
+                        help='dump the predictions to a pickle file (.pkl) for offline eval')
     parser.add_argument('--show', action='store_true', help='show the predictions in a window')
-    parser.add_argument(
-        '--show-dir', help='save the painted images under this folder of the work dir')
-    parser.add_argument(
-        '--wait-time', type=float, default=2, help='seconds each image is shown with --show')
+    parser.add_argument('--show-dir',
+                        help='save the painted images under this folder of the work dir')
+    parser.add_argument('--wait-time',
+                        type=float,
+                        default=2,
+                        help='seconds each image is shown with --show')
     add_runner_arguments(parser, 'the dir to save the evaluation metrics')
     return parser.parse_args()
 
@@ -44,7 +47,10 @@ def main() -> None:
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise ValueError(f'--out must be a .pkl or .pickle file, but got {args.out!r}')
-    cfg = load_tool_config(args.config, args.work_dir, args.cfg_options, args.launcher,
+    cfg = load_tool_config(args.config,
+                           args.work_dir,
+                           args.cfg_options,
+                           args.launcher,
                            loaders=('test_dataloader', ))
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:

@@ -17,14 +17,19 @@ from drconv_mmdet.utils import add_runner_arguments, load_tool_config, shutdown_
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='train config file path')
+    parser.add_argument('--amp',
+                        action='store_true',
+                        default=False,
+                        help='enable automatic-mixed-precision training')
     parser.add_argument(
-        '--amp', action='store_true', default=False,
-        help='enable automatic-mixed-precision training')
-    parser.add_argument(
-        '--auto-scale-lr', action='store_true',
+        '--auto-scale-lr',
+        action='store_true',
         help='scale the learning rate by (GPUs x images per GPU) / auto_scale_lr.base_batch_size')
     parser.add_argument(
-        '--resume', nargs='?', type=str, const='auto',
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
         help='resume from the given checkpoint, or from the latest one in the work dir when no '
         'path is given')
     add_runner_arguments(parser, 'the dir to save logs and models')

@@ -14,7 +14,6 @@
 _base_ = './faster-rcnn_detnas-300m_fpn-4conv1fc_90k_coco.py'
 
 model = dict(
-    backbone=dict(
-        drconv_cfg=dict(type='DRConv', region_num=8, generator='basis', num_bases=8),
-        drconv_proj=False,
-        shared_guide=False))
+    backbone=dict(drconv_cfg=dict(type='DRConv', region_num=8, generator='basis', num_bases=8),
+                  drconv_proj=False,
+                  shared_guide=False))

@@ -6,8 +6,6 @@
 # parameter count.
 _base_ = './mask-rcnn_r50_fpn_180k_coco.py'
 
-model = dict(
-    neck=dict(
-        type='DRFPN',
-        drconv_cfg=dict(type='DRConv', region_num=8, generator='basis'),
-        drconv_layers=('fpn_convs.0', 'fpn_convs.1')))
+model = dict(neck=dict(type='DRFPN',
+                       drconv_cfg=dict(type='DRConv', region_num=8, generator='basis'),
+                       drconv_layers=('fpn_convs.0', 'fpn_convs.1')))

@@ -22,7 +22,6 @@ train_cfg = dict(max_iters=max_iters, val_interval=interval)
 optim_wrapper = dict(optimizer=dict(lr=0.002))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.33, by_epoch=False, begin=0, end=500),
-    dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False, milestones=[15000],
-         gamma=0.1),
+    dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False, milestones=[15000], gamma=0.1),
 ]
 default_hooks = dict(checkpoint=dict(interval=interval))

@@ -15,9 +15,10 @@ model = dict(
         out_indices=(0, 1, 2),
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=True,
-        init_cfg=dict(
-            type='Pretrained',
-            prefix='backbone.',
-            checkpoint='https://download.openmmlab.com/mmclassification/v0/shufflenet_v2/'
-            'shufflenet_v2_batch1024_imagenet_20200812-5bf4721e.pth')),
-    neck=dict(in_channels=[116, 232, 464], start_level=0, add_extra_convs='on_output'))
+        init_cfg=dict(type='Pretrained',
+                      prefix='backbone.',
+                      checkpoint='https://download.openmmlab.com/mmclassification/v0/shufflenet_v2/'
+                      'shufflenet_v2_batch1024_imagenet_20200812-5bf4721e.pth'),
+    ),
+    neck=dict(in_channels=[116, 232, 464], start_level=0, add_extra_convs='on_output'),
+)

@@ -69,7 +69,9 @@ def _muted_colour(rng: np.random.Generator) -> np.ndarray:
 
 def _vivid_colour(rng: np.random.Generator) -> np.ndarray:
     """A saturated BGR colour of random hue, independent of the object's class."""
-    hsv = np.array([[[rng.integers(0, 180), rng.integers(150, 256), rng.integers(120, 256)]]],
+    hsv = np.array([[[rng.integers(0, 180),
+                      rng.integers(150, 256),
+                      rng.integers(120, 256)]]],
                    dtype=np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
 
@@ -110,7 +112,10 @@ def _blobs(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 
 _BACKGROUNDS: Tuple[Callable[[np.random.Generator, int, int], np.ndarray], ...] = (
-    _gradient, _stripes, _blobs)
+    _gradient,
+    _stripes,
+    _blobs,
+)
 
 
 def _shape_polygon(rng: np.random.Generator, shape: str, cx: float, cy: float,
@@ -199,11 +204,10 @@ def _write_split(out_dir: str, split_index: int, num_images: int, min_size: int,
         dict(id=i + 1, name=class_name, supercategory='shape')
         for i, class_name in enumerate(TOY_COCO_CLASSES)
     ]
-    coco = dict(
-        info=dict(description=f'drconv_mmdet toy COCO, {name} split'),
-        images=images,
-        annotations=annotations,
-        categories=categories)
+    coco = dict(info=dict(description=f'drconv_mmdet toy COCO, {name} split'),
+                images=images,
+                annotations=annotations,
+                categories=categories)
     with open(osp.join(out_dir, _ANNOTATION_DIR, f'instances_{name}.json'), 'w') as f:
         json.dump(coco, f, separators=(',', ':'))
     return dict(images=len(images), instances=len(annotations))

@@ -75,8 +75,9 @@ def _extract_rois(extractor: nn.Module, features: Sequence[Tensor], rois: Tensor
     pooled, order = [], []
     for level, layer in enumerate(extractor.roi_layers):
         index = (levels == level).nonzero()[:, 0]
-        pooled.append(roi_align(features[level], rois[index], layer.output_size,
-                                layer.spatial_scale, layer.sampling_ratio))
+        pooled.append(
+            roi_align(features[level], rois[index], layer.output_size, layer.spatial_scale,
+                      layer.sampling_ratio))
         order.append(index)
     return torch.cat(pooled)[torch.cat(order).argsort()]
 

@@ -28,8 +28,8 @@ def _nms_kernel(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 def _roi_align_kernel(input: Tensor, rois: Tensor, output_height: int, output_width: int,
                       spatial_scale: float, sampling_ratio: int) -> Tensor:
     from mmcv.ops import roi_align as mmcv_roi_align
-    return mmcv_roi_align(input, rois, (output_height, output_width), spatial_scale,
-                          sampling_ratio, 'avg', True)
+    return mmcv_roi_align(input, rois, (output_height, output_width), spatial_scale, sampling_ratio,
+                          'avg', True)
 
 
 _LIB.impl('nms', _nms_kernel, 'CompositeExplicitAutograd')
@@ -76,9 +76,8 @@ def roi_align(input: Tensor, rois: Tensor, output_size: tuple, spatial_scale: fl
     Returns:
         Tensor[K, C, output_height, output_width]: the pooled features.
     """
-    return torch.ops.drconv_mmdet.roi_align(input, rois, int(output_size[0]),
-                                            int(output_size[1]), float(spatial_scale),
-                                            int(sampling_ratio))
+    return torch.ops.drconv_mmdet.roi_align(input, rois, int(output_size[0]), int(output_size[1]),
+                                            float(spatial_scale), int(sampling_ratio))
 
 
 def custom_translation_table() -> Dict[Callable, Callable]:
@@ -86,19 +85,24 @@ def custom_translation_table() -> Dict[Callable, Callable]:
     from onnxscript import opset18 as op
 
     def nms_onnx(boxes, scores, iou_threshold: float):
-        selected = op.NonMaxSuppression(
-            op.Unsqueeze(boxes, [0]), op.Unsqueeze(scores, [0, 1]),
-            op.Constant(value_int=_MAX_OUTPUT_BOXES), op.Constant(value_float=iou_threshold))
+        selected = op.NonMaxSuppression(op.Unsqueeze(boxes, [0]), op.Unsqueeze(scores, [0, 1]),
+                                        op.Constant(value_int=_MAX_OUTPUT_BOXES),
+                                        op.Constant(value_float=iou_threshold))
         # (K, 3) rows of (batch, class, box): the box index.
         return op.Squeeze(op.Slice(selected, [2], [3], [1]), [1])
 
-    def roi_align_onnx(input, rois, output_height: int, output_width: int,
-                       spatial_scale: float, sampling_ratio: int):
+    def roi_align_onnx(input, rois, output_height: int, output_width: int, spatial_scale: float,
+                       sampling_ratio: int):
         batch_index = op.Cast(op.Squeeze(op.Slice(rois, [0], [1], [1]), [1]), to=7)  # int64
-        return op.RoiAlign(input, op.Slice(rois, [1], [5], [1]), batch_index,
-                           coordinate_transformation_mode='half_pixel', mode='avg',
-                           output_height=output_height, output_width=output_width,
-                           sampling_ratio=sampling_ratio, spatial_scale=spatial_scale)
+        return op.RoiAlign(input,
+                           op.Slice(rois, [1], [5], [1]),
+                           batch_index,
+                           coordinate_transformation_mode='half_pixel',
+                           mode='avg',
+                           output_height=output_height,
+                           output_width=output_width,
+                           sampling_ratio=sampling_ratio,
+                           spatial_scale=spatial_scale)
 
     return {
         torch.ops.drconv_mmdet.nms.default: nms_onnx,
@@ -112,26 +116,32 @@ def register_torchscript_symbolics(opset_version: int) -> None:
 
     @symbolic_helper.parse_args('v', 'v', 'f')
     def nms_symbolic(g, boxes, scores, iou_threshold):
-        selected = g.op(
-            'NonMaxSuppression',
-            g.op('Unsqueeze', boxes, g.op('Constant', value_t=torch.tensor([0]))),
-            g.op('Unsqueeze', scores, g.op('Constant', value_t=torch.tensor([0, 1]))),
-            g.op('Constant', value_t=torch.tensor(_MAX_OUTPUT_BOXES)),
-            g.op('Constant', value_t=torch.tensor(iou_threshold, dtype=torch.float)))
+        selected = g.op('NonMaxSuppression',
+                        g.op('Unsqueeze', boxes, g.op('Constant', value_t=torch.tensor([0]))),
+                        g.op('Unsqueeze', scores, g.op('Constant', value_t=torch.tensor([0, 1]))),
+                        g.op('Constant', value_t=torch.tensor(_MAX_OUTPUT_BOXES)),
+                        g.op('Constant', value_t=torch.tensor(iou_threshold, dtype=torch.float)))
         box_index = g.op('Gather', selected, g.op('Constant', value_t=torch.tensor(2)), axis_i=1)
         return box_index
 
     @symbolic_helper.parse_args('v', 'v', 'i', 'i', 'f', 'i')
     def roi_align_symbolic(g, input, rois, output_height, output_width, spatial_scale,
                            sampling_ratio):
-        batch_index = g.op('Cast', g.op('Gather', rois, g.op('Constant', value_t=torch.tensor(0)),
-                                        axis_i=1), to_i=7)  # int64
-        boxes = g.op('Gather', rois, g.op('Constant', value_t=torch.tensor([1, 2, 3, 4])),
-                     axis_i=1)
-        return g.op('RoiAlign', input, boxes, batch_index,
-                    coordinate_transformation_mode_s='half_pixel', mode_s='avg',
-                    output_height_i=output_height, output_width_i=output_width,
-                    sampling_ratio_i=sampling_ratio, spatial_scale_f=spatial_scale)
+        batch_index = g.op('Cast',
+                           g.op('Gather', rois, g.op('Constant', value_t=torch.tensor(0)),
+                                axis_i=1),
+                           to_i=7)  # int64
+        boxes = g.op('Gather', rois, g.op('Constant', value_t=torch.tensor([1, 2, 3, 4])), axis_i=1)
+        return g.op('RoiAlign',
+                    input,
+                    boxes,
+                    batch_index,
+                    coordinate_transformation_mode_s='half_pixel',
+                    mode_s='avg',
+                    output_height_i=output_height,
+                    output_width_i=output_width,
+                    sampling_ratio_i=sampling_ratio,
+                    spatial_scale_f=spatial_scale)
 
     torch.onnx.register_custom_op_symbolic('drconv_mmdet::nms', nms_symbolic, opset_version)
     torch.onnx.register_custom_op_symbolic('drconv_mmdet::roi_align', roi_align_symbolic,

@@ -84,16 +84,25 @@ def export_onnx(model: nn.Module,
             with warnings.catch_warnings():
                 # Sizes read from tensors are traced; the warnings are about the static ones.
                 warnings.simplefilter('ignore', torch.jit.TracerWarning)
-                torch.onnx.export(model, args, path, input_names=list(input_names),
-                                  output_names=list(output_names), dynamic_axes=dynamic_axes,
-                                  opset_version=opset_version, **kwargs)
+                torch.onnx.export(model,
+                                  args,
+                                  path,
+                                  input_names=list(input_names),
+                                  output_names=list(output_names),
+                                  dynamic_axes=dynamic_axes,
+                                  opset_version=opset_version,
+                                  **kwargs)
         else:
-            program = torch.onnx.export(
-                model, args, dynamo=True, input_names=list(input_names),
-                output_names=list(output_names),
-                dynamic_shapes=_dynamic_shapes(args, input_names, dynamic_axes),
-                opset_version=opset_version, custom_translation_table=custom_translation_table(),
-                verbose=False)
+            program = torch.onnx.export(model,
+                                        args,
+                                        dynamo=True,
+                                        input_names=list(input_names),
+                                        output_names=list(output_names),
+                                        dynamic_shapes=_dynamic_shapes(
+                                            args, input_names, dynamic_axes),
+                                        opset_version=opset_version,
+                                        custom_translation_table=custom_translation_table(),
+                                        verbose=False)
             program.save(path, external_data=False)
 
 

@@ -36,8 +36,11 @@ def put_drconvs_in_fpn(fpn: FPN, cfg: CN) -> FPN:
                     key=lambda level: int(level[1:]))
     names = drconv_layer_names(cfg, levels)
     node = cfg.MODEL.DRCONV
-    kwargs = dict(region_num=node.REGION_NUM, generator=node.GENERATOR, num_bases=node.NUM_BASES,
-                  static_kernel=node.STATIC_KERNEL, record_mask=node.RECORD_MASK)
+    kwargs = dict(region_num=node.REGION_NUM,
+                  generator=node.GENERATOR,
+                  num_bases=node.NUM_BASES,
+                  static_kernel=node.STATIC_KERNEL,
+                  record_mask=node.RECORD_MASK)
     if not node.SHARED_GUIDE:
         replace_conv2d(fpn, names, lambda conv: NormActDRConv2d.like(conv, **kwargs))
         return fpn

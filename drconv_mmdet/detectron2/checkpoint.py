@@ -50,8 +50,10 @@ def start_drconvs_from_plain(model: nn.Module, state: Dict[str, Any]) -> Dict[st
     drconvs = {name: m for name, m in model.named_modules() if isinstance(m, DRConv2d)}
     own_keys = {name: list(layer.state_dict()) for name, layer in drconvs.items()}
     plain = [name for name in drconvs if f'{name}.weight' in state]
-    resumed = [name for name in drconvs
-               if name not in plain and all(f'{name}.{key}' in state for key in own_keys[name])]
+    resumed = [
+        name for name in drconvs
+        if name not in plain and all(f'{name}.{key}' in state for key in own_keys[name])
+    ]
     if not plain and not resumed:
         return state
     absent = [name for name in drconvs if name not in plain and name not in resumed]
@@ -59,8 +61,10 @@ def start_drconvs_from_plain(model: nn.Module, state: Dict[str, Any]) -> Dict[st
         raise ValueError(f'the checkpoint has no conv and no DRConv at the DRConv place(s) '
                          f'{absent}: expected {absent[0]}.weight of a plain conv or the DRConv\'s '
                          f'own keys')
-    state = {key: torch.as_tensor(value) if isinstance(value, np.ndarray) else value
-             for key, value in state.items()}
+    state = {
+        key: torch.as_tensor(value) if isinstance(value, np.ndarray) else value
+        for key, value in state.items()
+    }
     for name in plain:
         layer = drconvs[name]
         weight, bias = state.pop(f'{name}.weight'), state.get(f'{name}.bias')
@@ -75,13 +79,18 @@ def start_drconvs_from_plain(model: nn.Module, state: Dict[str, Any]) -> Dict[st
         for key, value in layer.state_dict().items():
             state.setdefault(f'{name}.{key}', value)
     expected_state = model.state_dict()
-    missing = [key for key in expected_state
-               if key not in state and key.rpartition('.')[2] not in _FORGIVEN_MISSING]
-    unexpected = [key for key in state
-                  if key not in expected_state and _FORGIVEN_UNEXPECTED not in key]
-    misshaped = [f'{key} {tuple(state[key].shape)} != {tuple(value.shape)}'
-                 for key, value in expected_state.items()
-                 if key in state and tuple(state[key].shape) != tuple(value.shape)]
+    missing = [
+        key for key in expected_state
+        if key not in state and key.rpartition('.')[2] not in _FORGIVEN_MISSING
+    ]
+    unexpected = [
+        key for key in state if key not in expected_state and _FORGIVEN_UNEXPECTED not in key
+    ]
+    misshaped = [
+        f'{key} {tuple(state[key].shape)} != {tuple(value.shape)}'
+        for key, value in expected_state.items()
+        if key in state and tuple(state[key].shape) != tuple(value.shape)
+    ]
     if missing or unexpected or misshaped:
         raise ValueError(f'the checkpoint does not fit the model apart from its DRConvs: missing '
                          f'keys {_abridge(missing)}, unexpected keys {_abridge(unexpected)}, '

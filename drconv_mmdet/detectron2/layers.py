@@ -63,9 +63,16 @@ class NormActDRConv2d(DRConv2d):
     @classmethod
     def like(cls, conv: nn.Conv2d, **drconv_kwargs: Any) -> 'NormActDRConv2d':
         """A freshly initialised layer with the geometry, bias, norm and activation of ``conv``."""
-        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                   _explicit_padding(conv), conv.dilation, conv.groups, conv.bias is not None,
-                   norm=getattr(conv, 'norm', None), activation=getattr(conv, 'activation', None),
+        return cls(conv.in_channels,
+                   conv.out_channels,
+                   conv.kernel_size,
+                   conv.stride,
+                   _explicit_padding(conv),
+                   conv.dilation,
+                   conv.groups,
+                   conv.bias is not None,
+                   norm=getattr(conv, 'norm', None),
+                   activation=getattr(conv, 'activation', None),
                    **drconv_kwargs)
 
     @classmethod

@@ -89,8 +89,9 @@ def replace_conv2d(model: nn.Module, layer_names: Sequence[str],
     replacements = {name: build(conv) for name, conv in convs.items()}
     for name, new in replacements.items():
         conv = convs[name]
-        if _is_detectron2_conv(conv) and (getattr(new, 'norm', None) is not conv.norm or
-                                          getattr(new, 'activation', None) is not conv.activation):
+        if (_is_detectron2_conv(conv)
+                and (getattr(new, 'norm', None) is not conv.norm
+                     or getattr(new, 'activation', None) is not conv.activation)):
             raise ValueError(f'layer_names: {name!r} is a detectron2 Conv2d, whose norm and '
                              f'activation its replacement must apply, but build returned a '
                              f'{type(new).__name__} without them; build a NormActDRConv2d')
@@ -145,8 +146,10 @@ def _convertible_conv(model: nn.Module, modules: Dict[str, nn.Module], name: str
     if aliases:
         raise ValueError(f'layer_names: {name!r} is the same module as {aliases}; replacing it '
                          f'under one name would untie the others')
-    fixed = [label for label, owner, attr in _plain_attribute_holders(modules, module)
-             if not isinstance(vars(owner)[attr], (list, dict))]
+    fixed = [
+        label for label, owner, attr in _plain_attribute_holders(modules, module)
+        if not isinstance(vars(owner)[attr], (list, dict))
+    ]
     if fixed:
         raise ValueError(f'layer_names: {name!r} is also held in the plain attribute(s) '
                          f'{fixed}, which cannot be updated in place (only lists and dicts can): '

@@ -112,8 +112,8 @@ class DRConv2d(nn.Module):
         self.last_mask: Optional[Tensor] = None
 
         # The guide conv applied functionally from a plain holder: see filter_generators.py.
-        self.guide = (WeightAndBias((region_num, in_channels, *self.kernel_size))
-                      if with_guide_conv else None)
+        self.guide = (WeightAndBias(
+            (region_num, in_channels, *self.kernel_size)) if with_guide_conv else None)
         if generator == 'paper':
             self.generator = PaperFilterGenerator(in_channels, out_channels, self.kernel_size,
                                                   region_num, hidden_channels, static_kernel)
@@ -191,8 +191,14 @@ class DRConv2d(nn.Module):
         if not bias and conv.bias is not None:
             raise ValueError('bias=False would drop the bias of the conv, and the layer would not '
                              'compute what the conv computes')
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                    _explicit_padding(conv), conv.dilation, bias=bias, **drconv_kwargs)
+        layer = cls(conv.in_channels,
+                    conv.out_channels,
+                    conv.kernel_size,
+                    conv.stride,
+                    _explicit_padding(conv),
+                    conv.dilation,
+                    bias=bias,
+                    **drconv_kwargs)
         layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
         layer.init_from_conv(conv.weight, conv.bias)
         return layer

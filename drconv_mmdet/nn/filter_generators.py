@@ -83,8 +83,8 @@ class PaperFilterGenerator(nn.Module):
         self.region_num = region_num
         self.shape = (region_num, out_channels, in_channels)
         self.reduce = WeightAndBias((hidden_channels, in_channels, 1, 1))
-        self.expand = WeightAndBias((region_num * out_channels * in_channels,
-                                     hidden_channels // region_num, 1, 1))
+        self.expand = WeightAndBias(
+            (region_num * out_channels * in_channels, hidden_channels // region_num, 1, 1))
         if static_kernel:
             self.static_weight = nn.Parameter(torch.empty(out_channels, in_channels, *kernel_size))
         else:

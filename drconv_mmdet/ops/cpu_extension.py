@@ -91,7 +91,9 @@ def _errors_raise(path: str) -> Optional[str]:
         pass
     try:
         result = subprocess.run([sys.executable, '-c', _SELF_TEST, MODULE_NAME, path],
-                                capture_output=True, text=True, timeout=300)
+                                capture_output=True,
+                                text=True,
+                                timeout=300)
     except subprocess.TimeoutExpired:
         return 'its error check did not finish in 300 s'
     if result.returncode != 0 or result.stdout.split() != ['raises']:

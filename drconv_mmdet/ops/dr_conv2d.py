@@ -93,8 +93,10 @@ def _op_forward_with(default: DefaultKernels) -> Callable:
 def _op_forward_fake(input: Tensor, weight: Tensor, guide: Tensor, bias: Optional[Tensor],
                      stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
     geo = _op_geometry(input, weight, stride, padding, dilation)
-    return torch.empty((input.shape[0], weight.shape[2], *geo.out_size), dtype=input.dtype,
-                       device=input.device, memory_format=conv_memory_format(input))
+    return torch.empty((input.shape[0], weight.shape[2], *geo.out_size),
+                       dtype=input.dtype,
+                       device=input.device,
+                       memory_format=conv_memory_format(input))
 
 
 def _op_backward_with(default: DefaultKernels) -> Callable:
@@ -149,22 +151,25 @@ def _op_autograd_backward(ctx, grad_output: Tensor) -> Tuple[Optional[Tensor], .
     output_mask = [need_input, need_weight, need_guide, need_bias and ctx.has_bias]
     with use_kernels(ctx.kernels):
         grads = iter(
-            torch.ops.drconv.dr_conv2d_backward(grad_output, input, weight, guide,
-                                                *ctx.geometry, output_mask))
+            torch.ops.drconv.dr_conv2d_backward(grad_output, input, weight, guide, *ctx.geometry,
+                                                output_mask))
     return (*(next(grads) if needed else None for needed in output_mask), None, None, None)
 
 
 if USE_CUSTOM_OP:
     _forward_op = torch.library.custom_op('drconv::dr_conv2d',
-                                          _op_forward_with(_pytorch_kernels), mutates_args=())
+                                          _op_forward_with(_pytorch_kernels),
+                                          mutates_args=())
     _forward_op.register_fake(_op_forward_fake)
     _backward_op = torch.library.custom_op('drconv::dr_conv2d_backward',
-                                           _op_backward_with(_pytorch_kernels), mutates_args=())
+                                           _op_backward_with(_pytorch_kernels),
+                                           mutates_args=())
     _backward_op.register_fake(_op_backward_fake)
     for _device_type, _default in DEVICE_DEFAULTS.items():
         _forward_op.register_kernel(_device_type, _op_forward_with(_default))
         _backward_op.register_kernel(_device_type, _op_backward_with(_default))
-    torch.library.register_autograd('drconv::dr_conv2d', _op_autograd_backward,
+    torch.library.register_autograd('drconv::dr_conv2d',
+                                    _op_autograd_backward,
                                     setup_context=_op_setup_context)
 
 
@@ -244,8 +249,8 @@ def _autocast(tensor: Optional[Tensor], device_type: str, dtype: torch.dtype) ->
     return tensor.to(dtype)
 
 
-def _cast_for_autocast(input: Tensor, weight: Tensor, bias: Optional[Tensor]
-                       ) -> Tuple[Tensor, Tensor, Optional[Tensor], bool]:
+def _cast_for_autocast(input: Tensor, weight: Tensor,
+                       bias: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor], bool]:
     """``input``, ``weight`` and ``bias`` cast by :func:`_autocast` where autocast is on for
     ``input``'s device, and whether it is."""
     device_type = input.device.type
@@ -341,7 +346,10 @@ def dr_conv2d_reference(input: Tensor,
     input, weight, bias, _ = _cast_for_autocast(input, weight, bias)
     geo = _check_args(input, weight, guide, bias, stride, padding, dilation)
     batch, num_regions, out_channels = weight.shape[:3]
-    cols = F.unfold(input, geo.kernel, dilation=geo.dilation, padding=geo.padding,
+    cols = F.unfold(input,
+                    geo.kernel,
+                    dilation=geo.dilation,
+                    padding=geo.padding,
                     stride=geo.stride)
     responses = torch.einsum('bmok,bkl->bmol', weight.flatten(3),
                              cols).reshape(batch, num_regions, out_channels, *geo.out_size)

@@ -22,18 +22,20 @@ def as_pair(value: IntPair, name: str, minimum: int) -> Tuple[int, int]:
     """
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(pair) != 2 or not all(_is_int(v) and v >= minimum for v in pair):
-        raise ValueError(
-            f'{name} must be an int or a pair of ints >= {minimum}, but got {value!r}')
+        raise ValueError(f'{name} must be an int or a pair of ints >= {minimum}, but got {value!r}')
     return int(pair[0]), int(pair[1])
 
 
-def conv_output_size(in_size: Tuple[int, int], kernel_size: Tuple[int, int],
-                     stride: Tuple[int, int], padding: Tuple[int, int],
-                     dilation: Tuple[int, int]) -> Tuple[int, int]:
+def conv_output_size(
+    in_size: Tuple[int, int],
+    kernel_size: Tuple[int, int],
+    stride: Tuple[int, int],
+    padding: Tuple[int, int],
+    dilation: Tuple[int, int],
+) -> Tuple[int, int]:
     """Spatial size of a convolution's output, per dimension ``(H, W)``."""
-    return tuple(
-        (size + 2 * pad - dil * (k - 1) - 1) // s + 1
-        for size, k, s, pad, dil in zip(in_size, kernel_size, stride, padding, dilation))
+    return tuple((size + 2 * pad - dil * (k - 1) - 1) // s + 1
+                 for size, k, s, pad, dil in zip(in_size, kernel_size, stride, padding, dilation))
 
 
 class Geometry(NamedTuple):

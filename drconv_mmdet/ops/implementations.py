@@ -179,8 +179,9 @@ def backward(grad_output: Tensor, input: Tensor, weight: Tensor, guide: Tensor, 
                     grad_output, input, weight.contiguous(), guide, *_geometry_lists(geo),
                     need_input, need_weight)
             else:
-                grad_input, grad_weight = region_input_weight_grads(
-                    grad_output, input, weight, guide, geo, need_input, need_weight)
+                grad_input, grad_weight = region_input_weight_grads(grad_output, input, weight,
+                                                                    guide, geo, need_input,
+                                                                    need_weight)
         if need_guide:
             # The compiled kernels compute the dots on NCHW maps with short windows or small
             # samples, where the PyTorch kernels' calls are too small to be efficient.

@@ -115,7 +115,10 @@ def _rows_per_band(width: int, band_values: int) -> int:
     return max(1, band_values // width)
 
 
-def _bands(groups: int, length: int, width: int, band_values: int,
+def _bands(groups: int,
+           length: int,
+           width: int,
+           band_values: int,
            max_groups: Optional[int] = None) -> Iterator[Tuple[slice, slice]]:
     """Splits a ``(groups, length)`` grid of rows ``width`` values wide into bands of at most
     ``band_values`` values (at least one row): whole groups together where a group fits (at most
@@ -156,8 +159,8 @@ class _BatchWindows:
             self.rows.zero_()
         else:
             self.rows[self.image_rows:].zero_()
-        self.images(self.rows)[:, pad_h:pad_h + height, pad_w:pad_w + width].copy_(
-            input.permute(0, 2, 3, 1))
+        self.images(self.rows)[:, pad_h:pad_h + height,
+                               pad_w:pad_w + width].copy_(input.permute(0, 2, 3, 1))
         device = input.device
         out_h, out_w = geo.out_size
         corner_in_sample = (torch.arange(out_h, device=device)[:, None] *
@@ -213,7 +216,8 @@ def _length_classes(counts: List[int], slack_rows: int) -> List[Tuple[List[int],
     while padding costs less than the product call a run of its own would add. Groups of equal
     length always share a run. Returns ``(group keys, length)`` per run.
     """
-    keys = sorted((k for k, count in enumerate(counts) if count), key=counts.__getitem__,
+    keys = sorted((k for k, count in enumerate(counts) if count),
+                  key=counts.__getitem__,
                   reverse=True)
     classes, start = [], 0
     while start < len(keys):
@@ -261,8 +265,8 @@ class _LengthClasses:
         num_pixels = batch * out_pixels
         keys = (torch.arange(batch, device=device)[:, None] * num_regions + regions).flatten()
         sorted_keys, order = torch.sort(keys, stable=True)
-        starts = torch.searchsorted(sorted_keys,
-                                    torch.arange(batch * num_regions + 1, device=device))
+        starts = torch.searchsorted(sorted_keys, torch.arange(batch * num_regions + 1,
+                                                              device=device))
         starts_host = starts.tolist()  # the call's one host sync
         counts = [stop - start for start, stop in zip(starts_host, starts_host[1:])]
         self.in_key_order = in_key_order
@@ -281,8 +285,9 @@ class _LengthClasses:
                 group_start[key] = self.num_rows
                 self.num_rows += length
             key_order.extend(class_keys)
-        self.key_order, group_start = _to_device(key_order + group_start, device).split(
-            [len(key_order), len(group_start)])
+        self.key_order, group_start = _to_device(key_order + group_start,
+                                                 device).split([len(key_order),
+                                                                len(group_start)])
         # The i-th pixel of the sorted order sits at its group's start plus its rank in the group.
         rank = torch.arange(num_pixels, device=device) - starts[sorted_keys]
         sorted_rows = group_start[sorted_keys] + rank
@@ -299,8 +304,7 @@ class _LengthClasses:
         """The classes' blocks cut into bands of :func:`_bands`."""
         for first, groups, length, offset in self.classes:
             block = self.pixels[offset:offset + groups * length].view(groups, length)
-            for group_slice, row_slice in _bands(groups, length, width,
-                                                 _band_values(block.device)):
+            for group_slice, row_slice in _bands(groups, length, width, _band_values(block.device)):
                 rows = slice(offset + group_slice.start * length + row_slice.start,
                              offset + (group_slice.stop - 1) * length + row_slice.stop)
                 yield _Band(slice(first + group_slice.start, first + group_slice.stop), rows,
@@ -315,8 +319,8 @@ def _filters_outweigh_windows(weight: Tensor, num_pixels: int) -> bool:
     return batch * num_regions * out_channels > num_pixels
 
 
-def _band_filters(weight: Tensor, classes: _LengthClasses, band: _Band, scratch: _Scratch
-                  ) -> Tensor:
+def _band_filters(weight: Tensor, classes: _LengthClasses, band: _Band,
+                  scratch: _Scratch) -> Tensor:
     """The filters of a band's groups as (S, O, C*kh*kw) matrices: a slice of ``weight`` in key
     order, else copied into a reused buffer."""
     batch, num_regions, out_channels = weight.shape[:3]
@@ -324,7 +328,9 @@ def _band_filters(weight: Tensor, classes: _LengthClasses, band: _Band, scratch:
     if classes.in_key_order:
         return filters[band.groups]
     keys = classes.key_order[band.groups]
-    return torch.index_select(filters, 0, keys,
+    return torch.index_select(filters,
+                              0,
+                              keys,
                               out=scratch.get('filters', (len(keys), *filters.shape[1:])))
 
 
@@ -349,8 +355,7 @@ def _as_layout(x: Tensor, dtype: torch.dtype, memory_format: torch.memory_format
     """``x`` in ``dtype`` and ``memory_format``: itself if it already is, else one copy."""
     if x.dtype == dtype and x.is_contiguous(memory_format=memory_format):
         return x
-    return torch.empty(x.shape, dtype=dtype, device=x.device,
-                       memory_format=memory_format).copy_(x)
+    return torch.empty(x.shape, dtype=dtype, device=x.device, memory_format=memory_format).copy_(x)
 
 
 def _pixel_rows(image: Tensor) -> Tensor:
@@ -401,12 +406,15 @@ def region_response_dots(input: Tensor, weight: Tensor, grad_output: Tensor,
         else:
             # Input rows the band's windows read, and the zero rows of padding among them.
             top = rows.start * geo.stride[0] - pad_h
-            bottom = ((rows.stop - 1) * geo.stride[0] - pad_h +
-                      (kernel_h - 1) * geo.dilation[0] + 1)
+            bottom = ((rows.stop - 1) * geo.stride[0] - pad_h + (kernel_h - 1) * geo.dilation[0] +
+                      1)
             band_input = F.pad(input[samples, :, max(top, 0):min(bottom, height)],
                                (pad_w, pad_w, max(-top, 0), max(bottom - height, 0)))
-            responses = F.conv2d(band_input.reshape(1, -1, *band_input.shape[-2:]), filters,
-                                 stride=geo.stride, dilation=geo.dilation, groups=count)
+            responses = F.conv2d(band_input.reshape(1, -1, *band_input.shape[-2:]),
+                                 filters,
+                                 stride=geo.stride,
+                                 dilation=geo.dilation,
+                                 groups=count)
         responses = responses.view(count, num_regions, out_channels, -1, out_w).to(acc_dtype)
         band_grads = grad_output[samples, None, :, rows].to(acc_dtype)
         dots[samples, :, rows] = (responses * band_grads).sum(dim=2)
@@ -420,13 +428,16 @@ def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Opti
     batch, num_regions, out_channels, channels = weight.shape[:4]
     memory_format = conv_memory_format(input)
     width = geo.taps * channels
-    output = torch.empty((batch, out_channels, *geo.out_size), dtype=input.dtype,
-                         device=input.device, memory_format=memory_format)
+    output = torch.empty((batch, out_channels, *geo.out_size),
+                         dtype=input.dtype,
+                         device=input.device,
+                         memory_format=memory_format)
     if output.numel() == 0:
         return output
     windows = _BatchWindows(input, geo)
     classes = _LengthClasses(_regions(guide), num_regions, out_channels, width,
-                             _filters_outweigh_windows(weight, output.numel() // out_channels))
+                             _filters_outweigh_windows(weight,
+                                                       output.numel() // out_channels))
     products = input.new_empty((classes.num_rows, out_channels))
     scratch = _Scratch(input)
     for band in classes.bands(width):
@@ -440,8 +451,7 @@ def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Opti
             torch.baddbmm(bias.view(1, 1, -1), cols, filters, out=band_products)
     channels_last = output.permute(0, 2, 3, 1)
     if memory_format == torch.channels_last:
-        torch.index_select(products, 0, classes.block_row,
-                           out=channels_last.view(-1, out_channels))
+        torch.index_select(products, 0, classes.block_row, out=channels_last.view(-1, out_channels))
     else:
         channels_last.copy_(products.index_select(0, classes.block_row).view(channels_last.shape))
     return output
@@ -484,7 +494,9 @@ def region_input_weight_grads(grad_output: Tensor, input: Tensor, weight: Tensor
             window_rows = windows.window_rows(band.pixels)
             cols = windows.gather(window_rows, scratch).view(*shape, width)
             grads = scratch.get('grads', (*shape, out_channels))
-            torch.index_select(grad_rows, 0, band.pixels.flatten(),
+            torch.index_select(grad_rows,
+                               0,
+                               band.pixels.flatten(),
                                out=grads.view(-1, out_channels))
             if need_weight:
                 if grad_in_place:

@@ -39,9 +39,7 @@ from torch import Tensor
 
 from .geometry import Geometry
 
-__all__ = [
-    'INTERPRETED', 'DTYPES', 'supports', 'region_conv_forward', 'region_conv_backward'
-]
+__all__ = ['INTERPRETED', 'DTYPES', 'supports', 'region_conv_forward', 'region_conv_backward']
 
 # Floating dtypes the kernels take; float64 stays with the PyTorch kernels (GPU tensor cores
 # have no float64 products worth a Triton path).
@@ -49,8 +47,8 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _window_offsets(ho, wo, tap, in_h, in_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                    sx_h, sx_w, KW: tl.constexpr):
+def _window_offsets(ho, wo, tap, in_h, in_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, sx_h,
+                    sx_w, KW: tl.constexpr):
     """Offsets (without the sample's and channel's) of the input pixels that tap ``tap`` of the
     windows of output pixels ``(ho, wo)`` reads, and whether they lie inside the input."""
     ih = ho * stride_h - pad_h + (tap // KW) * dil_h
@@ -60,9 +58,8 @@ def _window_offsets(ho, wo, tap, in_h, in_w, stride_h, stride_w, pad_h, pad_w, d
 
 
 @triton.jit
-def _route_count_kernel(guide_ptr, region_ptr, counts_ptr, num_regions, out_pixels, out_w,
-                        sg_b, sg_m, sg_h, sg_w, tiles, GUIDE_F64: tl.constexpr,
-                        BLOCK_P: tl.constexpr):
+def _route_count_kernel(guide_ptr, region_ptr, counts_ptr, num_regions, out_pixels, out_w, sg_b,
+                        sg_m, sg_h, sg_w, tiles, GUIDE_F64: tl.constexpr, BLOCK_P: tl.constexpr):
     b = tl.program_id(0)
     tile = tl.program_id(1)
     p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -104,13 +101,11 @@ def _route_place_kernel(region_ptr, starts_ptr, rows_ptr, num_regions, out_pixel
 
 
 @triton.jit
-def _forward_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, rows_ptr, region_ptr, num_pixels,
-                    num_regions, channels, out_channels, in_h, in_w, out_pixels, out_w,
-                    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                    sx_b, sx_c, sx_h, sx_w, sw_b, sw_m, sw_o, sw_t, sw_c,
-                    sy_b, sy_o, sy_h, sy_w,
-                    HAS_BIAS: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                    TO_FLOAT32: tl.constexpr, PRECISION: tl.constexpr,
+def _forward_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, rows_ptr, region_ptr, num_pixels, num_regions,
+                    channels, out_channels, in_h, in_w, out_pixels, out_w, stride_h, stride_w,
+                    pad_h, pad_w, dil_h, dil_w, sx_b, sx_c, sx_h, sx_w, sw_b, sw_m, sw_o, sw_t,
+                    sw_c, sy_b, sy_o, sy_h, sy_w, HAS_BIAS: tl.constexpr, KH: tl.constexpr,
+                    KW: tl.constexpr, TO_FLOAT32: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_valid = rows < num_pixels
@@ -142,9 +137,11 @@ def _forward_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, rows_ptr, region_ptr, num_pix
                     c_valid = c < channels
                     # Rows of other groups read zeros, so one accumulator serves every group.
                     a = tl.load(pixels[:, None] + c[None, :] * sx_c,
-                                mask=read[:, None] & c_valid[None, :], other=0.0)
+                                mask=read[:, None] & c_valid[None, :],
+                                other=0.0)
                     w = tl.load(filters + tap * sw_t + c[:, None] * sw_c,
-                                mask=c_valid[:, None] & o_valid[None, :], other=0.0)
+                                mask=c_valid[:, None] & o_valid[None, :],
+                                other=0.0)
                     if TO_FLOAT32:
                         a = a.to(tl.float32)
                         w = w.to(tl.float32)
@@ -159,9 +156,8 @@ def _forward_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, rows_ptr, region_ptr, num_pix
 @triton.jit
 def _weight_grad_kernel(x_ptr, gy_ptr, gw_ptr, rows_ptr, group_start_ptr, group_end_ptr,
                         num_regions, channels, out_channels, in_h, in_w, out_pixels, out_w,
-                        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                        sx_b, sx_c, sx_h, sx_w, sgy_b, sgy_o, sgy_h, sgy_w,
-                        sgw_b, sgw_m, sgw_o, sgw_c, sgw_t,
+                        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, sx_b, sx_c, sx_h, sx_w,
+                        sgy_b, sgy_o, sgy_h, sgy_w, sgw_b, sgw_m, sgw_o, sgw_c, sgw_t,
                         KH: tl.constexpr, KW: tl.constexpr, TO_FLOAT32: tl.constexpr,
                         PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr,
                         BLOCK_C: tl.constexpr):
@@ -182,13 +178,15 @@ def _weight_grad_kernel(x_ptr, gy_ptr, gw_ptr, rows_ptr, group_start_ptr, group_
         p = tl.load(rows_ptr + rows, mask=row_valid, other=0) - b.to(tl.int64) * out_pixels
         ho = p // out_w
         wo = p % out_w
-        gy = tl.load(gy_ptr + b.to(tl.int64) * sgy_b + ho[:, None] * sgy_h +
-                     wo[:, None] * sgy_w + o[None, :] * sgy_o,
-                     mask=row_valid[:, None] & o_valid[None, :], other=0.0)
-        offsets, inside = _window_offsets(ho, wo, tap, in_h, in_w, stride_h, stride_w, pad_h,
-                                          pad_w, dil_h, dil_w, sx_h, sx_w, KW)
+        gy = tl.load(gy_ptr + b.to(tl.int64) * sgy_b + ho[:, None] * sgy_h + wo[:, None] * sgy_w +
+                     o[None, :] * sgy_o,
+                     mask=row_valid[:, None] & o_valid[None, :],
+                     other=0.0)
+        offsets, inside = _window_offsets(ho, wo, tap, in_h, in_w, stride_h, stride_w, pad_h, pad_w,
+                                          dil_h, dil_w, sx_h, sx_w, KW)
         a = tl.load(x_ptr + b.to(tl.int64) * sx_b + offsets[:, None] + c[None, :] * sx_c,
-                    mask=(row_valid & inside)[:, None] & c_valid[None, :], other=0.0)
+                    mask=(row_valid & inside)[:, None] & c_valid[None, :],
+                    other=0.0)
         if TO_FLOAT32:
             gy = gy.to(tl.float32)
             a = a.to(tl.float32)
@@ -199,19 +197,15 @@ def _weight_grad_kernel(x_ptr, gy_ptr, gw_ptr, rows_ptr, group_start_ptr, group_
 
 
 @triton.jit
-def _guide_input_grad_kernel(x_ptr, w_ptr, gy_ptr, guide_ptr, region_ptr, gx_ptr, dots_ptr,
-                             gg_ptr, num_regions, channels, out_channels, in_h, in_w,
-                             out_pixels, out_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                             sx_b, sx_c, sx_h, sx_w, sw_b, sw_m, sw_o, sw_t, sw_c,
-                             sgy_b, sgy_o, sgy_h, sgy_w, sg_b, sg_m, sg_h, sg_w,
-                             KH: tl.constexpr, KW: tl.constexpr, TAP_START: tl.constexpr,
-                             TAP_STOP: tl.constexpr, ATOMIC: tl.constexpr,
-                             NEED_INPUT: tl.constexpr, NEED_GUIDE: tl.constexpr,
-                             LOAD_DOTS: tl.constexpr, SOFTMAX: tl.constexpr,
-                             GUIDE_F64: tl.constexpr,
-                             TO_FLOAT32: tl.constexpr, PRECISION: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr,
-                             BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
+def _guide_input_grad_kernel(
+        x_ptr, w_ptr, gy_ptr, guide_ptr, region_ptr, gx_ptr, dots_ptr, gg_ptr, num_regions,
+        channels, out_channels, in_h, in_w, out_pixels, out_w, stride_h, stride_w, pad_h, pad_w,
+        dil_h, dil_w, sx_b, sx_c, sx_h, sx_w, sw_b, sw_m, sw_o, sw_t, sw_c, sgy_b, sgy_o, sgy_h,
+        sgy_w, sg_b, sg_m, sg_h, sg_w, KH: tl.constexpr, KW: tl.constexpr, TAP_START: tl.constexpr,
+        TAP_STOP: tl.constexpr, ATOMIC: tl.constexpr, NEED_INPUT: tl.constexpr,
+        NEED_GUIDE: tl.constexpr, LOAD_DOTS: tl.constexpr, SOFTMAX: tl.constexpr,
+        GUIDE_F64: tl.constexpr, TO_FLOAT32: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
     b = tl.program_id(0)
     p = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     valid = p < out_pixels
@@ -227,8 +221,7 @@ def _guide_input_grad_kernel(x_ptr, w_ptr, gy_ptr, guide_ptr, region_ptr, gx_ptr
         last = tl.max(region, axis=0)
     js = tl.arange(0, BLOCK_R)
     dots = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
-    dots_at = (dots_ptr + (b.to(tl.int64) * num_regions + js[None, :]) * out_pixels +
-               p[:, None])
+    dots_at = (dots_ptr + (b.to(tl.int64) * num_regions + js[None, :]) * out_pixels + p[:, None])
     dots_mask = valid[:, None] & (js[None, :] < num_regions)
     if LOAD_DOTS:
         dots = tl.load(dots_at, mask=dots_mask, other=0.0)
@@ -236,8 +229,8 @@ def _guide_input_grad_kernel(x_ptr, w_ptr, gy_ptr, guide_ptr, region_ptr, gx_ptr
              wo.to(tl.int64)[:, None] * sgy_w)
     sample_filters = w_ptr + b.to(tl.int64) * sw_b
     for tap in tl.static_range(TAP_START, TAP_STOP):
-        offsets, inside = _window_offsets(ho, wo, tap, in_h, in_w, stride_h, stride_w, pad_h,
-                                          pad_w, dil_h, dil_w, sx_h, sx_w, KW)
+        offsets, inside = _window_offsets(ho, wo, tap, in_h, in_w, stride_h, stride_w, pad_h, pad_w,
+                                          dil_h, dil_w, sx_h, sx_w, KW)
         read = valid & inside
         for c0 in range(0, channels, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
@@ -245,18 +238,21 @@ def _guide_input_grad_kernel(x_ptr, w_ptr, gy_ptr, guide_ptr, region_ptr, gx_ptr
             window_mask = read[:, None] & c_valid[None, :]
             if NEED_GUIDE:
                 a = tl.load(x_ptr + b.to(tl.int64) * sx_b + offsets[:, None] + c[None, :] * sx_c,
-                            mask=window_mask, other=0.0).to(tl.float32)
+                            mask=window_mask,
+                            other=0.0).to(tl.float32)
             own = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
             for o0 in range(0, out_channels, BLOCK_O):
                 o = o0 + tl.arange(0, BLOCK_O)
                 o_valid = o < out_channels
-                gy = tl.load(gy_at + o[None, :] * sgy_o, mask=valid[:, None] & o_valid[None, :],
+                gy = tl.load(gy_at + o[None, :] * sgy_o,
+                             mask=valid[:, None] & o_valid[None, :],
                              other=0.0)
                 if TO_FLOAT32:
                     gy = gy.to(tl.float32)
                 for j in range(first, last + 1):
                     w = tl.load(sample_filters + j * sw_m + o[:, None] * sw_o + tap * sw_t +
-                                c[None, :] * sw_c, mask=o_valid[:, None] & c_valid[None, :],
+                                c[None, :] * sw_c,
+                                mask=o_valid[:, None] & c_valid[None, :],
                                 other=0.0)
                     if TO_FLOAT32:
                         w = w.to(tl.float32)
@@ -348,8 +344,7 @@ def _channels_last(x: Tensor) -> Tensor:
 def _filters_along_channels(weight: Tensor) -> Tensor:
     """The filter bank (B, m, O, C, kh, kw) as (B, m, O, kh*kw, C), C contiguous: one copy."""
     batch, num_regions, out_channels, channels = weight.shape[:4]
-    return weight.permute(0, 1, 2, 4, 5, 3).reshape(batch, num_regions, out_channels, -1,
-                                                    channels)
+    return weight.permute(0, 1, 2, 4, 5, 3).reshape(batch, num_regions, out_channels, -1, channels)
 
 
 def _to_float32(dtype: torch.dtype) -> bool:
@@ -385,14 +380,25 @@ def _route(guide: Tensor) -> _Routing:
     device = guide.device
     regions = torch.empty(batch * out_pixels, dtype=torch.int32, device=device)
     counts = torch.empty((batch, num_regions, tiles), dtype=torch.int32, device=device)
-    _route_count_kernel[(batch, tiles)](guide, regions, counts, num_regions, out_pixels, out_w,
-                                        *guide.stride(), tiles,
+    _route_count_kernel[(batch, tiles)](guide,
+                                        regions,
+                                        counts,
+                                        num_regions,
+                                        out_pixels,
+                                        out_w,
+                                        *guide.stride(),
+                                        tiles,
                                         GUIDE_F64=guide.dtype == torch.float64,
                                         BLOCK_P=_ROUTE_BLOCK)
     ends = counts.view(-1).cumsum(0)
     starts = ends - counts.view(-1)
     rows = torch.empty(batch * out_pixels, dtype=torch.int64, device=device)
-    _route_place_kernel[(batch, tiles)](regions, starts, rows, num_regions, out_pixels, tiles,
+    _route_place_kernel[(batch, tiles)](regions,
+                                        starts,
+                                        rows,
+                                        num_regions,
+                                        out_pixels,
+                                        tiles,
                                         BLOCK_P=_ROUTE_BLOCK)
     return _Routing(regions, rows, starts.view(-1, tiles)[:, 0], ends.view(-1, tiles)[:, -1])
 
@@ -403,8 +409,10 @@ def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Opti
     :data:`DTYPES`; the output in ``memory_format``."""
     _check(input)
     batch, num_regions, out_channels, channels = weight.shape[:4]
-    output = torch.empty((batch, out_channels, *geo.out_size), dtype=input.dtype,
-                         device=input.device, memory_format=memory_format)
+    output = torch.empty((batch, out_channels, *geo.out_size),
+                         dtype=input.dtype,
+                         device=input.device,
+                         memory_format=memory_format)
     if output.numel() == 0:
         return output
     routing = _route(guide)
@@ -412,15 +420,29 @@ def region_conv_forward(input: Tensor, weight: Tensor, guide: Tensor, bias: Opti
     filters = _filters_along_channels(weight)
     blocks = _blocks(input.dtype, out_channels, channels)
     num_pixels = routing.rows.numel()
-    grid = (triton.cdiv(num_pixels, blocks.pixels),
-            triton.cdiv(out_channels, blocks.out_channels))
-    _forward_kernel[grid](x, filters, output if bias is None else bias, output, routing.rows,
-                          routing.regions, num_pixels, num_regions, channels, out_channels,
-                          *_geometry_args(input, geo), *x.stride(), *filters.stride(),
-                          *output.stride(), HAS_BIAS=bias is not None, KH=geo.kernel[0],
-                          KW=geo.kernel[1], TO_FLOAT32=_to_float32(input.dtype),
-                          PRECISION=_precision(input.dtype), BLOCK_M=blocks.pixels,
-                          BLOCK_N=blocks.out_channels, BLOCK_C=blocks.channels)
+    grid = (triton.cdiv(num_pixels, blocks.pixels), triton.cdiv(out_channels, blocks.out_channels))
+    _forward_kernel[grid](x,
+                          filters,
+                          output if bias is None else bias,
+                          output,
+                          routing.rows,
+                          routing.regions,
+                          num_pixels,
+                          num_regions,
+                          channels,
+                          out_channels,
+                          *_geometry_args(input, geo),
+                          *x.stride(),
+                          *filters.stride(),
+                          *output.stride(),
+                          HAS_BIAS=bias is not None,
+                          KH=geo.kernel[0],
+                          KW=geo.kernel[1],
+                          TO_FLOAT32=_to_float32(input.dtype),
+                          PRECISION=_precision(input.dtype),
+                          BLOCK_M=blocks.pixels,
+                          BLOCK_N=blocks.out_channels,
+                          BLOCK_C=blocks.channels)
     return output
 
 
@@ -445,7 +467,9 @@ def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, gui
     x = _channels_last(input)
     blocks = _blocks(input.dtype, out_channels, channels)
     geometry = _geometry_args(input, geo)
-    flags = dict(KH=geo.kernel[0], KW=geo.kernel[1], TO_FLOAT32=_to_float32(input.dtype),
+    flags = dict(KH=geo.kernel[0],
+                 KW=geo.kernel[1],
+                 TO_FLOAT32=_to_float32(input.dtype),
                  PRECISION=_precision(input.dtype))
     if need_weight:
         grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format)
@@ -453,15 +477,26 @@ def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, gui
         grad_filters = grad_weight.view(*weight.shape[:4], -1)
         grid = (batch * num_regions, triton.cdiv(out_channels, blocks.out_channels),
                 geo.taps * triton.cdiv(channels, blocks.channels))
-        _weight_grad_kernel[grid](x, grad_output, grad_filters, routing.rows,
-                                  routing.group_start, routing.group_end, num_regions, channels,
-                                  out_channels, *geometry, *x.stride(), *grad_output.stride(),
-                                  *grad_filters.stride(), **flags, BLOCK_P=blocks.pixels,
-                                  BLOCK_O=blocks.out_channels, BLOCK_C=blocks.channels)
+        _weight_grad_kernel[grid](x,
+                                  grad_output,
+                                  grad_filters,
+                                  routing.rows,
+                                  routing.group_start,
+                                  routing.group_end,
+                                  num_regions,
+                                  channels,
+                                  out_channels,
+                                  *geometry,
+                                  *x.stride(),
+                                  *grad_output.stride(),
+                                  *grad_filters.stride(),
+                                  **flags,
+                                  BLOCK_P=blocks.pixels,
+                                  BLOCK_O=blocks.out_channels,
+                                  BLOCK_C=blocks.channels)
     if need_input or need_guide:
         grad_input, grad_guide = _guide_input_grads(grad_output, x, weight, guide, routing, geo,
-                                                    need_input, need_guide, blocks, geometry,
-                                                    flags)
+                                                    need_input, need_guide, blocks, geometry, flags)
         if need_input:
             grad_input = grad_input.to(input.dtype, memory_format=input_format)
     return grad_input, grad_weight, grad_guide
@@ -469,8 +504,8 @@ def region_conv_backward(grad_output: Tensor, input: Tensor, weight: Tensor, gui
 
 def _guide_input_grads(grad_output: Tensor, x: Tensor, weight: Tensor, guide: Tensor,
                        routing: _Routing, geo: Geometry, need_input: bool, need_guide: bool,
-                       blocks: _Blocks, geometry: Tuple[int, ...], flags: dict
-                       ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+                       blocks: _Blocks, geometry: Tuple[int, ...],
+                       flags: dict) -> Tuple[Optional[Tensor], Optional[Tensor]]:
     """The guide's and the input's gradients, by :func:`_guide_input_grad_kernel`; the input's
     in float32 with the strides of ``x``."""
     batch, num_regions, out_channels, channels = weight.shape[:4]
@@ -491,14 +526,33 @@ def _guide_input_grads(grad_output: Tensor, x: Tensor, weight: Tensor, guide: Te
     grid = (batch, triton.cdiv(out_pixels, blocks.pixels))
     for i, (tap_start, tap_stop) in enumerate(launches):
         last = i == len(launches) - 1
-        _guide_input_grad_kernel[grid](
-            x, filters, grad_output, guide, routing.regions,
-            routing.regions if grad_x is None else grad_x, dots,
-            routing.regions if grad_guide is None else grad_guide, num_regions, channels,
-            out_channels, *geometry, *x.stride(), *filters.stride(), *grad_output.stride(),
-            *guide.stride(), **flags, TAP_START=tap_start, TAP_STOP=tap_stop,
-            ATOMIC=geo.taps > 1 and not per_tap, NEED_INPUT=need_input, NEED_GUIDE=need_guide,
-            LOAD_DOTS=need_guide and i > 0, SOFTMAX=last, GUIDE_F64=guide.dtype == torch.float64,
-            BLOCK_M=blocks.pixels, BLOCK_O=blocks.out_channels, BLOCK_C=blocks.channels,
-            BLOCK_R=max(triton.next_power_of_2(num_regions), 2))
+        _guide_input_grad_kernel[grid](x,
+                                       filters,
+                                       grad_output,
+                                       guide,
+                                       routing.regions,
+                                       routing.regions if grad_x is None else grad_x,
+                                       dots,
+                                       routing.regions if grad_guide is None else grad_guide,
+                                       num_regions,
+                                       channels,
+                                       out_channels,
+                                       *geometry,
+                                       *x.stride(),
+                                       *filters.stride(),
+                                       *grad_output.stride(),
+                                       *guide.stride(),
+                                       **flags,
+                                       TAP_START=tap_start,
+                                       TAP_STOP=tap_stop,
+                                       ATOMIC=geo.taps > 1 and not per_tap,
+                                       NEED_INPUT=need_input,
+                                       NEED_GUIDE=need_guide,
+                                       LOAD_DOTS=need_guide and i > 0,
+                                       SOFTMAX=last,
+                                       GUIDE_F64=guide.dtype == torch.float64,
+                                       BLOCK_M=blocks.pixels,
+                                       BLOCK_O=blocks.out_channels,
+                                       BLOCK_C=blocks.channels,
+                                       BLOCK_R=max(triton.next_power_of_2(num_regions), 2))
     return grad_x, grad_guide

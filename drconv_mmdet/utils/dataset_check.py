@@ -37,7 +37,8 @@ def _missing(dataset: ConfigDict) -> List[str]:
 
 def check_dataset_files(
         cfg: Config,
-        loaders: tuple = ('train_dataloader', 'val_dataloader', 'test_dataloader')) -> None:
+        loaders: tuple = ('train_dataloader', 'val_dataloader', 'test_dataloader'),
+) -> None:
     """Raises ``FileNotFoundError`` naming the missing files and how to get them.
 
     Without it, a missing COCO folder surfaces deep inside the dataset build as a bare

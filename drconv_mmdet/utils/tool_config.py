@@ -25,8 +25,7 @@ class _LocalRankAction(argparse.Action):
         os.environ['LOCAL_RANK'] = str(values)
 
 
-def add_cfg_options_argument(parser: argparse.ArgumentParser,
-                             help: str = CFG_OPTIONS_HELP) -> None:
+def add_cfg_options_argument(parser: argparse.ArgumentParser, help: str = CFG_OPTIONS_HELP) -> None:
     """Adds mmdet's ``--cfg-options key=value ...``, parsed into a dict by mmengine's
     ``DictAction``."""
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help=help)
@@ -37,19 +36,24 @@ def add_runner_arguments(parser: argparse.ArgumentParser, work_dir_help: str) ->
     --local-rank."""
     parser.add_argument('--work-dir', help=work_dir_help)
     add_cfg_options_argument(parser)
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+    parser.add_argument('--launcher',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none',
+                        help='job launcher')
+    parser.add_argument('--local_rank',
+                        '--local-rank',
+                        type=int,
+                        default=0,
                         action=_LocalRankAction)
 
 
-def load_tool_config(config: str,
-                     work_dir: Optional[str],
-                     cfg_options: Optional[dict],
-                     launcher: str,
-                     loaders: Sequence[str] = ('train_dataloader', 'val_dataloader',
-                                               'test_dataloader')) -> Config:
+def load_tool_config(
+    config: str,
+    work_dir: Optional[str],
+    cfg_options: Optional[dict],
+    launcher: str,
+    loaders: Sequence[str] = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+) -> Config:
     """Loads a config as mmdet's tools do, plus what this stack needs.
 
     ``--cfg-options`` are merged, ``launcher`` set, ``work_dir`` resolved (command line, then the

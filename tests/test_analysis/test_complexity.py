@@ -7,15 +7,15 @@ from drconv_mmdet.nn import DRConv2d
 
 
 def test_plain_network_counts_conv_and_linear_only():
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 12, 3, padding=1, groups=4, bias=False), nn.Sigmoid(),
-        nn.Upsample(scale_factor=2), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(12, 10))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 12, 3, padding=1, groups=4, bias=False), nn.Sigmoid(),
+                          nn.Upsample(scale_factor=2), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(12, 10))
     x = torch.randn(2, 3, 13, 10)  # stride 2 -> 7 x 5
-    expected = (2 * 8 * 3 * 3 * 3 * 7 * 5  # B * Cout * Cin * kh * kw * Ho * Wo
-                + 2 * 12 * (8 // 4) * 3 * 3 * 7 * 5  # groups=4
-                + 2 * 12 * 10)
+    expected = (
+        2 * 8 * 3 * 3 * 3 * 7 * 5  # B * Cout * Cin * kh * kw * Ho * Wo
+        + 2 * 12 * (8 // 4) * 3 * 3 * 7 * 5  # groups=4
+        + 2 * 12 * 10)
     assert count_madds(model, x) == expected
     analyzer = MaddAnalyzer(model.eval(), x)
     assert set(analyzer.by_operator()) == {'conv', 'linear'}
@@ -33,7 +33,13 @@ def test_matrix_products():
     assert count_madds(Products(), (a, b)) == 3 * (3 * 4 * 5 * 6)
 
 
-def _drconv_madds(batch, in_channels, out_channels, kernel, out_size, region_num, generator,
+def _drconv_madds(batch,
+                  in_channels,
+                  out_channels,
+                  kernel,
+                  out_size,
+                  region_num,
+                  generator,
                   num_bases=8):
     """Guide conv + filter generator + ONE conv per output pixel, written out by hand."""
     taps, pixels = kernel * kernel, out_size[0] * out_size[1]
@@ -47,16 +53,15 @@ def _drconv_madds(batch, in_channels, out_channels, kernel, out_size, region_num
                            (hidden // region_num) * taps)
     else:
         # routing fc on the pooled input, then (B*m, bases) @ (bases, O*C*kh*kw).
-        generator_madds = (batch * in_channels * region_num * num_bases + batch * region_num *
-                           num_bases * out_channels * in_channels * taps)
+        generator_madds = (batch * in_channels * region_num * num_bases +
+                           batch * region_num * num_bases * out_channels * in_channels * taps)
     return guide, generator_madds, conv
 
 
 @pytest.mark.parametrize('generator', ['paper', 'basis'])
 @pytest.mark.parametrize('kernel', [1, 3])
 def test_drconv_counts_one_conv_not_region_num(generator, kernel):
-    layer = DRConv2d(6, 5, kernel, stride=2, padding=kernel // 2, region_num=4,
-                     generator=generator)
+    layer = DRConv2d(6, 5, kernel, stride=2, padding=kernel // 2, region_num=4, generator=generator)
     x = torch.randn(2, 6, 11, 9)  # stride 2 -> 6 x 5
     guide, generator_madds, conv = _drconv_madds(2, 6, 5, kernel, (6, 5), 4, generator)
 
@@ -87,6 +92,7 @@ def test_count_restores_modes_and_statistics():
 
 @pytest.mark.parametrize('inputs', [[torch.randn(1, 3, 4, 4)], (torch.randn(1, 3), 2), None])
 def test_inputs_must_be_tensors(inputs):
-    with pytest.raises(ValueError, match='inputs must be a Tensor or a tuple of Tensors .*, but '
+    with pytest.raises(ValueError,
+                       match='inputs must be a Tensor or a tuple of Tensors .*, but '
                        f'got {type(inputs).__name__}$'):
         count_madds(nn.Conv2d(3, 4, 1), inputs)

@@ -68,9 +68,9 @@ def test_summary_matches_annotation_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize('split', ['train', 'val'])
 def test_pycocotools_loads_split(toy_coco_root: str, split: str) -> None:
     coco = COCO(os.path.join(toy_coco_root, 'annotations', f'instances_{split}.json'))
-    assert [(c['id'], c['name']) for c in coco.loadCats(coco.getCatIds())] == [
-        (1, 'circle'), (2, 'rectangle'), (3, 'triangle')
-    ]
+    assert [(c['id'], c['name']) for c in coco.loadCats(coco.getCatIds())] == [(1, 'circle'),
+                                                                               (2, 'rectangle'),
+                                                                               (3, 'triangle')]
     assert len(coco.getImgIds()) == {'train': 8, 'val': 4}[split]
     for image_info in coco.loadImgs(coco.getImgIds()):
         image = cv2.imread(os.path.join(toy_coco_root, split, image_info['file_name']))
@@ -170,22 +170,26 @@ def test_invalid_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
 
 @pytest.mark.slow
 def test_cli_is_idempotent(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(REPO_ROOT), os.environ.get('PYTHONPATH')])))
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join(
+                   filter(None, [str(REPO_ROOT), os.environ.get('PYTHONPATH')])))
     command = [
-        sys.executable, 'tools/misc/make_toy_coco.py', '--out-dir', str(tmp_path), '--num-train',
-        '2', '--num-val', '1', '--min-size', '32', '--max-size', '40', '--seed', '3'
+        sys.executable, 'tools/misc/make_toy_coco.py', '--out-dir',
+        str(tmp_path), '--num-train', '2', '--num-val', '1', '--min-size', '32', '--max-size', '40',
+        '--seed', '3'
     ]
 
     def run() -> str:
-        result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True,
-                                text=True)
+        result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         return result.stdout
 
     assert 'Generated 2 train and 1 val images' in run()
-    assert json.loads((tmp_path / 'toy_coco.json').read_text())['args'] == dict(
-        num_train=2, num_val=1, min_size=32, max_size=40, seed=3)
+    assert json.loads((tmp_path / 'toy_coco.json').read_text())['args'] == dict(num_train=2,
+                                                                                num_val=1,
+                                                                                min_size=32,
+                                                                                max_size=40,
+                                                                                seed=3)
     assert 'is up to date' in run()
 
 
@@ -193,8 +197,10 @@ def test_labels_name_the_annotation_categories(toy_coco_root: str) -> None:
     """The dataset's classes are the categories of the file, and each label names its own."""
     init_default_scope('mmdet')
     dataset = DATASETS.build(
-        dict(type='ToyCocoDataset', data_root=toy_coco_root,
-             ann_file='annotations/instances_train.json', data_prefix=dict(img='train/'),
+        dict(type='ToyCocoDataset',
+             data_root=toy_coco_root,
+             ann_file='annotations/instances_train.json',
+             data_prefix=dict(img='train/'),
              pipeline=[]))
     assert isinstance(dataset, ToyCocoDataset)
     coco = COCO(os.path.join(toy_coco_root, 'annotations', 'instances_train.json'))
@@ -204,9 +210,8 @@ def test_labels_name_the_annotation_categories(toy_coco_root: str) -> None:
     for index in range(len(dataset)):
         info = dataset.get_data_info(index)
         anns = coco.loadAnns(coco.getAnnIds(imgIds=info['img_id']))
-        assert [classes[instance['bbox_label']] for instance in info['instances']] == [
-            coco.loadCats(ann['category_id'])[0]['name'] for ann in anns
-        ]
+        assert [classes[instance['bbox_label']] for instance in info['instances']
+                ] == [coco.loadCats(ann['category_id'])[0]['name'] for ann in anns]
 
 
 @pytest.mark.parametrize('dataset_cfg', [
@@ -216,16 +221,15 @@ def test_labels_name_the_annotation_categories(toy_coco_root: str) -> None:
 def test_mmdet_pipeline_loads_the_set(toy_coco_root: str, dataset_cfg: dict) -> None:
     init_default_scope('mmdet')
     dataset = DATASETS.build(
-        dict(
-            dataset_cfg,
-            data_root=toy_coco_root,
-            ann_file='annotations/instances_val.json',
-            data_prefix=dict(img='val/'),
-            pipeline=[
-                dict(type='LoadImageFromFile'),
-                dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-                dict(type='PackDetInputs'),
-            ]))
+        dict(dataset_cfg,
+             data_root=toy_coco_root,
+             ann_file='annotations/instances_val.json',
+             data_prefix=dict(img='val/'),
+             pipeline=[
+                 dict(type='LoadImageFromFile'),
+                 dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+                 dict(type='PackDetInputs'),
+             ]))
     coco = COCO(os.path.join(toy_coco_root, 'annotations', 'instances_val.json'))
     assert len(dataset) == 4
     for index in range(len(dataset)):

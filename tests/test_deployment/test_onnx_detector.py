@@ -33,8 +33,10 @@ def _session(path):
 def _mmdet_predict(detector, image):
     """mmdet's own test-time path on one image, predictions in input pixels."""
     height, width = image.shape[2:]
-    sample = DetDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width),
-                                         pad_shape=(height, width), scale_factor=(1.0, 1.0),
+    sample = DetDataSample(metainfo=dict(img_shape=(height, width),
+                                         ori_shape=(height, width),
+                                         pad_shape=(height, width),
+                                         scale_factor=(1.0, 1.0),
                                          batch_input_shape=(height, width)))
     data = detector.data_preprocessor({'inputs': [image[0]], 'data_samples': [sample]})
     with torch.no_grad():
@@ -44,7 +46,10 @@ def _mmdet_predict(detector, image):
 def _seeded_detector(config, **cfg_options):
     torch.manual_seed(0)
     detector = build_detector(str(REPO_ROOT / config),
-                              cfg_options={'model.backbone.init_cfg': None, **cfg_options})
+                              cfg_options={
+                                  'model.backbone.init_cfg': None,
+                                  **cfg_options
+                              })
     detector.init_weights()
     return detector
 
@@ -68,8 +73,9 @@ def _export(detector, features_only, path, exporter):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name, exporter', [
-    pytest.param('drfpn', 'dynamo', marks=NEEDS_DYNAMO_EXPORTER), ('detnas', 'torchscript')])
+@pytest.mark.parametrize(
+    'name, exporter',
+    [pytest.param('drfpn', 'dynamo', marks=NEEDS_DYNAMO_EXPORTER), ('detnas', 'torchscript')])
 def test_features_match(request, tmp_path, name, exporter):
     detector = request.getfixturevalue(f'{name}_detector')
     path = str(tmp_path / 'features.onnx')
@@ -80,8 +86,11 @@ def test_features_match(request, tmp_path, name, exporter):
         image = torch.cat([_image(height, width, seed) for seed in range(batch)])
         actual = session.run(None, {'image': image.numpy()})
         with torch.no_grad():
-            expected = detector.extract_feat(detector.data_preprocessor(
-                {'inputs': list(image), 'data_samples': None})['inputs'])
+            expected = detector.extract_feat(
+                detector.data_preprocessor({
+                    'inputs': list(image),
+                    'data_samples': None
+                })['inputs'])
         assert len(actual) == len(expected)
         for a, e in zip(actual, expected):
             torch.testing.assert_close(torch.from_numpy(a), e, rtol=1e-4, atol=1e-4)
@@ -110,8 +119,7 @@ def test_detections_match_mmdet(request, tmp_path, name, exporter):
     for height, width in SIZES:
         image = _image(height, width, seed=1)
         actual = session.run(None, {'image': image.numpy()})
-        _assert_same_detections(actual, _mmdet_predict(detector, image),
-                                masks_too=name == 'drfpn')
+        _assert_same_detections(actual, _mmdet_predict(detector, image), masks_too=name == 'drfpn')
 
 
 @pytest.fixture(scope='module')
@@ -167,8 +175,7 @@ def test_test_onnx_rejects_a_features_file(tmp_path, toy_coco_root):
     detector = _seeded_detector(DEMO_DRFPN_CONFIG)
     path = str(tmp_path / 'features.onnx')
     wrapper, names, axes = exporter_for(detector, True)
-    export_onnx(wrapper, (_image(64, 64), ), path, ['image'], names, axes,
-                exporter='torchscript')
+    export_onnx(wrapper, (_image(64, 64), ), path, ['image'], names, axes, exporter='torchscript')
     result = run_tool(PY, 'tools/deployment/test_onnx.py', DEMO_DRFPN_CONFIG, path,
                       *tiny_run_options(toy_coco_root))
     assert result.returncode != 0
@@ -191,9 +198,13 @@ def test_masks_paste_like_mmdet(drfpn_detector):
     assert float(masks.min()) >= 0 and float(masks.max()) <= 1
     expected = _mmdet_predict(drfpn_detector, image)
     pasted = drfpn_detector.roi_head.mask_head._predict_by_feat_single(
-        mask_preds=masks[:, None].numpy(), bboxes=boxes.clone(), labels=torch.zeros_like(labels),
+        mask_preds=masks[:, None].numpy(),
+        bboxes=boxes.clone(),
+        labels=torch.zeros_like(labels),
         img_meta=dict(scale_factor=(1.0, 1.0), ori_shape=image.shape[2:]),
-        rcnn_test_cfg=drfpn_detector.test_cfg.rcnn, rescale=True, activate_map=True)
+        rcnn_test_cfg=drfpn_detector.test_cfg.rcnn,
+        rescale=True,
+        activate_map=True)
     agreement = (pasted == expected.masks).float().mean()
     assert agreement > 0.999
     np.testing.assert_array_equal(labels.numpy(), expected.labels.numpy())

@@ -26,7 +26,13 @@ def _op_inputs(batch, height, width, geometry, dtype=torch.float32, seed=0):
     """(input, weight, guide, bias) of 3 -> 5 channels for ``(kernel, stride, padding,
     dilation, regions)``."""
     *geo, regions = geometry
-    return make_args(batch, regions, geo, dtype, seed, channels=3, out_channels=5,
+    return make_args(batch,
+                     regions,
+                     geo,
+                     dtype,
+                     seed,
+                     channels=3,
+                     out_channels=5,
                      size=(height, width))[:4]
 
 
@@ -49,8 +55,10 @@ def test_lowering_without_bias_and_non_contiguous_input():
     x, weight, guide, _ = _op_inputs(2, 7, 9, (3, 1, 1, 1, 4), dtype=torch.float64)
     x = x.transpose(2, 3).contiguous().transpose(2, 3)
     expected = dr_conv2d_reference(x, weight, guide, None, 1, 1, 1)
-    torch.testing.assert_close(dr_conv2d_lowered(x, weight, guide, None, 1, 1, 1), expected,
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dr_conv2d_lowered(x, weight, guide, None, 1, 1, 1),
+                               expected,
+                               rtol=1e-12,
+                               atol=1e-12)
 
 
 def test_lowering_batch_zero():
@@ -62,7 +70,9 @@ def test_lowering_batch_zero():
 def test_adaptive_pool_lowering(size):
     x = torch.randn(2, 3, *size, dtype=torch.float64)
     torch.testing.assert_close(adaptive_avg_pool2d_lowered(x, (3, 3)),
-                               F.adaptive_avg_pool2d(x, (3, 3)), rtol=1e-12, atol=1e-12)
+                               F.adaptive_avg_pool2d(x, (3, 3)),
+                               rtol=1e-12,
+                               atol=1e-12)
 
 
 class _Op(torch.nn.Module):
@@ -80,10 +90,27 @@ class _Op(torch.nn.Module):
 def test_op_export_runs_in_onnxruntime(tmp_path, exporter, geometry):
     path = str(tmp_path / 'op.onnx')
     names = ['x', 'weight', 'guide', 'bias']
-    dynamic_axes = {'x': {0: 'batch', 2: 'height', 3: 'width'}, 'weight': {0: 'batch'},
-                    'guide': {0: 'batch', 2: 'out_height', 3: 'out_width'}}
+    dynamic_axes = {
+        'x': {
+            0: 'batch',
+            2: 'height',
+            3: 'width'
+        },
+        'weight': {
+            0: 'batch'
+        },
+        'guide': {
+            0: 'batch',
+            2: 'out_height',
+            3: 'out_width'
+        }
+    }
     module = _Op(*geometry[1:4])
-    export_onnx(module, _op_inputs(*SIZES[0], geometry), path, names, ['y'], dynamic_axes,
+    export_onnx(module,
+                _op_inputs(*SIZES[0], geometry),
+                path,
+                names, ['y'],
+                dynamic_axes,
                 exporter=exporter)
     ops = check_standard_ops(path)
     assert 'MatMul' in ops and 'NonZero' in ops and 'Conv' not in ops
@@ -93,8 +120,7 @@ def test_op_export_runs_in_onnxruntime(tmp_path, exporter, geometry):
             # A region empty in every sample (the export example had none empty).
             inputs[2][:, 1] -= 100
         (actual, ) = _run(path, names, inputs)
-        torch.testing.assert_close(torch.from_numpy(actual), module(*inputs), rtol=1e-5,
-                                   atol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(actual), module(*inputs), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('exporter', EXPORTERS)
@@ -106,8 +132,13 @@ def test_layer_export_runs_in_onnxruntime(tmp_path, exporter, layer_args):
     torch.manual_seed(0)
     layer = DRConv2d(3, 5, **layer_args).eval()
     path = str(tmp_path / 'layer.onnx')
-    export_onnx(layer, (torch.randn(2, 3, 10, 8), ), path, ['x'], ['y'],
-                {'x': {0: 'batch', 2: 'height', 3: 'width'}}, exporter=exporter)
+    export_onnx(layer, (torch.randn(2, 3, 10, 8), ),
+                path, ['x'], ['y'], {'x': {
+                    0: 'batch',
+                    2: 'height',
+                    3: 'width'
+                }},
+                exporter=exporter)
     check_standard_ops(path)
     for size in SIZES:
         x = torch.randn(size[0], 3, *size[1:])
@@ -118,8 +149,10 @@ def test_layer_export_runs_in_onnxruntime(tmp_path, exporter, layer_args):
 
 def test_unknown_exporter_is_reported(tmp_path):
     with pytest.raises(ValueError, match="exporter must be one of .* but got 'jit'"):
-        export_onnx(_Op(1, 0, 1), _op_inputs(1, 4, 4, (1, 1, 0, 1, 1)), str(tmp_path / 'a.onnx'),
-                    ['x', 'weight', 'guide', 'bias'], ['y'], {}, exporter='jit')
+        export_onnx(_Op(1, 0, 1),
+                    _op_inputs(1, 4, 4, (1, 1, 0, 1, 1)),
+                    str(tmp_path / 'a.onnx'), ['x', 'weight', 'guide', 'bias'], ['y'], {},
+                    exporter='jit')
 
 
 def test_non_standard_ops_are_reported(tmp_path):
@@ -128,8 +161,9 @@ def test_non_standard_ops_are_reported(tmp_path):
     graph = helper.make_graph([node], 'g',
                               [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 18),
-                                                    helper.make_opsetid('mmcv', 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid('', 18),
+                              helper.make_opsetid('mmcv', 1)])
     path = str(tmp_path / 'custom.onnx')
     onnx.save(model, path)
     with pytest.raises(ValueError,

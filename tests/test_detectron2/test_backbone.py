@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-pytest.importorskip('detectron2', reason='detectron2 is not installed; `make setup-core` builds it '
+pytest.importorskip('detectron2',
+                    reason='detectron2 is not installed; `make setup-core` builds it '
                     'from its source tarball into .venv-core')
 
 from d2_helpers import CONFIG_DIR, TOY_CONFIG, drconv_cfg  # noqa: E402
@@ -42,8 +43,8 @@ def test_defaults_are_the_mmdet_8r_model():
     cfg = get_cfg()
     add_drconv_config(cfg)
     node = cfg.MODEL.DRCONV
-    assert (node.REGION_NUM, node.GENERATOR, node.LEVELS, node.CONVS) == (8, 'basis',
-                                                                          ['p2', 'p3'], ['output'])
+    assert (node.REGION_NUM, node.GENERATOR, node.LEVELS, node.CONVS) == (8, 'basis', ['p2', 'p3'],
+                                                                          ['output'])
     assert not node.SHARED_GUIDE and not node.STATIC_KERNEL
 
 
@@ -53,8 +54,8 @@ def test_shared_guide_gives_each_level_one_guide_conv():
                      'MODEL.FPN.OUT_CHANNELS', 16)
     backbone = build_backbone(cfg)
     for level in (2, 3):
-        lateral, output = getattr(backbone, f'fpn_lateral{level}'), getattr(backbone,
-                                                                            f'fpn_output{level}')
+        lateral, output = getattr(backbone,
+                                  f'fpn_lateral{level}'), getattr(backbone, f'fpn_output{level}')
         assert lateral.with_guide_conv and not output.with_guide_conv
         assert output.guide_sources == [lateral]
     # The guide is a parameter of the lateral DRConv only.
@@ -62,8 +63,8 @@ def test_shared_guide_gives_each_level_one_guide_conv():
                    for name, _ in backbone.named_parameters())
     out = backbone(torch.rand(2, 3, 64, 96))
     for level in (2, 3):
-        lateral, output = getattr(backbone, f'fpn_lateral{level}'), getattr(backbone,
-                                                                            f'fpn_output{level}')
+        lateral, output = getattr(backbone,
+                                  f'fpn_lateral{level}'), getattr(backbone, f'fpn_output{level}')
         assert torch.equal(lateral.last_mask, output.last_mask)
         assert lateral.last_guide is None
     sum(v.sum() for v in out.values()).backward()
@@ -83,20 +84,30 @@ def test_lateral_and_output_convs_with_norm_stay_in_the_lists_forward_reads():
         assert isinstance(layer, NormActDRConv2d) and layer.region_num == 3
         assert isinstance(layer.norm, torch.nn.GroupNorm) and layer.bias is None
     # FPN.forward reads the convs from these lists, lowest resolution first.
-    assert backbone.lateral_convs == [backbone.fpn_lateral5, backbone.fpn_lateral4,
-                                      backbone.fpn_lateral3, backbone.fpn_lateral2]
-    assert backbone.output_convs == [backbone.fpn_output5, backbone.fpn_output4,
-                                     backbone.fpn_output3, backbone.fpn_output2]
+    assert backbone.lateral_convs == [
+        backbone.fpn_lateral5, backbone.fpn_lateral4, backbone.fpn_lateral3, backbone.fpn_lateral2
+    ]
+    assert backbone.output_convs == [
+        backbone.fpn_output5, backbone.fpn_output4, backbone.fpn_output3, backbone.fpn_output2
+    ]
     out = backbone(torch.rand(2, 3, 64, 96))
-    assert {k: tuple(v.shape) for k, v in out.items()} == {
-        'p2': (2, 32, 16, 24), 'p3': (2, 32, 8, 12), 'p4': (2, 32, 4, 6), 'p5': (2, 32, 2, 3),
-        'p6': (2, 32, 1, 2)}
+    assert {
+        k: tuple(v.shape)
+        for k, v in out.items()
+    } == {
+        'p2': (2, 32, 16, 24),
+        'p3': (2, 32, 8, 12),
+        'p4': (2, 32, 4, 6),
+        'p5': (2, 32, 2, 3),
+        'p6': (2, 32, 1, 2)
+    }
     # Every DRConv ran and recorded its guided mask, at its level's size.
     assert tuple(backbone.fpn_output3.last_mask.shape) == (2, 8, 12)
     assert tuple(backbone.fpn_lateral5.last_mask.shape) == (2, 2, 3)
     assert int(backbone.fpn_output3.last_mask.max()) < 3
 
 
+# yapf: disable
 @pytest.mark.parametrize('opts, message', [
     (['MODEL.DRCONV.LEVELS', ['p2', 'p6']],
      r"MODEL\.DRCONV\.LEVELS has \['p6'\], .* expected some of \['p2', 'p3', 'p4', 'p5'\]"),
@@ -114,6 +125,7 @@ def test_lateral_and_output_convs_with_norm_stay_in_the_lists_forward_reads():
      r"MODEL\.DRCONV\.SHARED_GUIDE: True .* needs CONVS \['lateral', 'output'\], but got CONVS "
      r"\['output'\]"),
 ])
+# yapf: enable
 def test_bad_configs_name_the_key(opts, message):
     with pytest.raises(ValueError, match=message):
         build_backbone(drconv_cfg(TOY_CONFIG, *opts))

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip('detectron2', reason='detectron2 is not installed; `make setup-core` builds it '
+pytest.importorskip('detectron2',
+                    reason='detectron2 is not installed; `make setup-core` builds it '
                     'from its source tarball into .venv-core')
 
 from d2_helpers import TOY_CONFIG, drconv_cfg  # noqa: E402
@@ -48,14 +49,17 @@ def test_fpn_convs_are_replaced_in_the_lists_forward_reads():
 
 def test_builder_that_drops_the_norm_is_refused():
     model = torch.nn.Sequential(Conv2d(3, 4, 1, norm=get_norm('BN', 4)))
-    with pytest.raises(ValueError, match=r"'0' is a detectron2 Conv2d, whose norm and activation "
+    with pytest.raises(ValueError,
+                       match=r"'0' is a detectron2 Conv2d, whose norm and activation "
                        r"its replacement must apply, but build returned a DRConv2d without them"):
         replace_conv2d(model, ['0'], lambda conv: DRConv2d(3, 4, 1, region_num=2))
     assert type(model[0]) is Conv2d
 
 
 def test_subclass_with_its_own_forward_is_still_refused():
+
     class Doubled(Conv2d):
+
         def forward(self, x):
             return 2 * super().forward(x)
 
@@ -67,7 +71,8 @@ def test_subclass_with_its_own_forward_is_still_refused():
 def test_share_guide_from_checks_both_layers_and_the_order():
     source = NormActDRConv2d(4, 4, 1, region_num=2)
     reader = NormActDRConv2d(4, 4, 3, padding=1, region_num=2, with_guide_conv=False)
-    with pytest.raises(ValueError, match='needs a layer built with with_guide_conv=False and a '
+    with pytest.raises(ValueError,
+                       match='needs a layer built with with_guide_conv=False and a '
                        'source with its own guide conv'):
         source.share_guide_from(NormActDRConv2d(4, 4, 1, region_num=2))
     with pytest.raises(ValueError, match='the source has 3 regions, this layer 2'):

@@ -3,7 +3,8 @@ import runpy
 
 import pytest
 
-pytest.importorskip('detectron2', reason='detectron2 is not installed; `make setup-core` builds it '
+pytest.importorskip('detectron2',
+                    reason='detectron2 is not installed; `make setup-core` builds it '
                     'from its source tarball into .venv-core')
 
 from d2_helpers import CONFIG_DIR, REPO_ROOT, drconv_cfg  # noqa: E402
@@ -48,8 +49,8 @@ def test_drconv_configs_equal_the_mmdet_ones(regions):
     levels = [f'p{int(name.split(".")[1]) + 2}' for name in neck['drconv_layers']]
     assert all(name.startswith('fpn_convs.') for name in neck['drconv_layers'])
     node = cfg.MODEL.DRCONV
-    assert (node.REGION_NUM, node.GENERATOR, node.LEVELS, node.CONVS) == (
-        neck['drconv_cfg']['region_num'], neck['drconv_cfg'].get('generator', 'basis'), levels,
-        ['output'])
+    assert (node.REGION_NUM, node.GENERATOR, node.LEVELS,
+            node.CONVS) == (neck['drconv_cfg']['region_num'],
+                            neck['drconv_cfg'].get('generator', 'basis'), levels, ['output'])
     assert cfg.MODEL.BACKBONE.NAME == 'build_resnet_drfpn_backbone'
     assert cfg.SOLVER.MAX_ITER == 180000

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip('detectron2', reason='detectron2 is not installed; `make setup-core` builds it '
+pytest.importorskip('detectron2',
+                    reason='detectron2 is not installed; `make setup-core` builds it '
                     'from its source tarball into .venv-core')
 # Training runs and a subprocess.
 pytestmark = pytest.mark.slow
@@ -32,13 +33,37 @@ train_net = load_train_net()
 def tiny_args(toy_root, out_dir, max_iter, *extra):
     """The toy config shrunk to seconds: 128 px, batch 2, a few iterations, no workers."""
     return train_net.parse_args([
-        '--config-file', str(TOY_CONFIG), '--toy-coco-root', toy_root, *extra,
-        'OUTPUT_DIR', str(out_dir), 'SOLVER.MAX_ITER', str(max_iter), 'SOLVER.IMS_PER_BATCH', '2',
-        'SOLVER.CHECKPOINT_PERIOD', '2', 'SOLVER.WARMUP_ITERS', '2', 'SOLVER.STEPS', '(1000,)',
-        'INPUT.MIN_SIZE_TRAIN', '(128,)', 'INPUT.MAX_SIZE_TRAIN', '128', 'INPUT.MIN_SIZE_TEST',
-        '128', 'INPUT.MAX_SIZE_TEST', '128', 'DATALOADER.NUM_WORKERS', '0',
+        '--config-file',
+        str(TOY_CONFIG),
+        '--toy-coco-root',
+        toy_root,
+        *extra,
+        'OUTPUT_DIR',
+        str(out_dir),
+        'SOLVER.MAX_ITER',
+        str(max_iter),
+        'SOLVER.IMS_PER_BATCH',
+        '2',
+        'SOLVER.CHECKPOINT_PERIOD',
+        '2',
+        'SOLVER.WARMUP_ITERS',
+        '2',
+        'SOLVER.STEPS',
+        '(1000,)',
+        'INPUT.MIN_SIZE_TRAIN',
+        '(128,)',
+        'INPUT.MAX_SIZE_TRAIN',
+        '128',
+        'INPUT.MIN_SIZE_TEST',
+        '128',
+        'INPUT.MAX_SIZE_TEST',
+        '128',
+        'DATALOADER.NUM_WORKERS',
+        '0',
         # Every box counts, so that a barely trained model still has detections to score.
-        'MODEL.ROI_HEADS.SCORE_THRESH_TEST', '0.0'])
+        'MODEL.ROI_HEADS.SCORE_THRESH_TEST',
+        '0.0'
+    ])
 
 
 @pytest.fixture(scope='module')
@@ -67,8 +92,9 @@ def test_losses_are_finite_and_every_drconv_parameter_learns(trained):
 
 def test_checkpoints_and_resume(trained, toy_coco_root):
     _, out_dir = trained
-    assert {'model_0000001.pth', 'model_0000003.pth', 'model_final.pth'} <= {
-        p.name for p in out_dir.iterdir()}
+    assert {'model_0000001.pth', 'model_0000003.pth',
+            'model_final.pth'} <= {p.name
+                                   for p in out_dir.iterdir()}
     assert (out_dir / 'last_checkpoint').read_text() == 'model_final.pth'
     cfg = train_net.setup(tiny_args(toy_coco_root, out_dir, 6))
     trainer = train_net.Trainer(cfg)
@@ -84,8 +110,9 @@ def test_checkpoints_and_resume(trained, toy_coco_root):
 
 def test_eval_only_returns_coco_bbox_and_segm_ap(trained, toy_coco_root):
     _, out_dir = trained
-    results = train_net.main(tiny_args(toy_coco_root, out_dir / 'eval', 4, '--eval-only',
-                                       'MODEL.WEIGHTS', str(out_dir / 'model_final.pth')))
+    results = train_net.main(
+        tiny_args(toy_coco_root, out_dir / 'eval', 4, '--eval-only', 'MODEL.WEIGHTS',
+                  str(out_dir / 'model_final.pth')))
     assert set(results) == {'bbox', 'segm'}
     for task in ('bbox', 'segm'):
         assert {'AP', 'AP50', 'AP75'} <= set(results[task])
@@ -94,12 +121,18 @@ def test_eval_only_returns_coco_bbox_and_segm_ap(trained, toy_coco_root):
 
 def test_command_line_eval_only(trained, toy_coco_root):
     _, out_dir = trained
-    args = ['--config-file', str(TOY_CONFIG), '--toy-coco-root', toy_coco_root, '--eval-only',
-            'MODEL.WEIGHTS', str(out_dir / 'model_final.pth'), 'OUTPUT_DIR',
-            str(out_dir / 'cli'), 'INPUT.MIN_SIZE_TEST', '128', 'INPUT.MAX_SIZE_TEST', '128',
-            'DATALOADER.NUM_WORKERS', '0']
-    result = subprocess.run([sys.executable, str(TRAIN_NET), *args], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=300)
+    args = [
+        '--config-file',
+        str(TOY_CONFIG), '--toy-coco-root', toy_coco_root, '--eval-only', 'MODEL.WEIGHTS',
+        str(out_dir / 'model_final.pth'), 'OUTPUT_DIR',
+        str(out_dir / 'cli'), 'INPUT.MIN_SIZE_TEST', '128', 'INPUT.MAX_SIZE_TEST', '128',
+        'DATALOADER.NUM_WORKERS', '0'
+    ]
+    result = subprocess.run([sys.executable, str(TRAIN_NET), *args],
+                            cwd=REPO_ROOT,
+                            capture_output=True,
+                            text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert 'copypaste: Task: bbox' in log and 'copypaste: Task: segm' in log, log[-3000:]

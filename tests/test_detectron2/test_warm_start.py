@@ -4,7 +4,8 @@ import pickle
 import pytest
 import torch
 
-pytest.importorskip('detectron2', reason='detectron2 is not installed; `make setup-core` builds it '
+pytest.importorskip('detectron2',
+                    reason='detectron2 is not installed; `make setup-core` builds it '
                     'from its source tarball into .venv-core')
 
 from d2_helpers import TOY_CONFIG, drconv_cfg  # noqa: E402
@@ -40,8 +41,13 @@ def save(state, path):
     if path.suffix == '.pkl':
         # detectron2's model-zoo format: numpy arrays under 'model', and an author.
         with open(path, 'wb') as f:
-            pickle.dump({'model': {k: v.numpy() for k, v in state.items()},
-                         '__author__': 'test'}, f)
+            pickle.dump({
+                'model': {
+                    k: v.numpy()
+                    for k, v in state.items()
+                },
+                '__author__': 'test'
+            }, f)
     else:
         torch.save({'model': state, 'iteration': 7}, path)
 
@@ -49,13 +55,17 @@ def save(state, path):
 # float32 sums the generated filter's bases in another order than the plain conv's weight.
 @pytest.mark.parametrize('suffix, dtype, tol', [('.pkl', torch.float32, 1e-5),
                                                 ('.pth', torch.float64, 1e-10)])
-@pytest.mark.parametrize('opts', [
-    (),
-    ('MODEL.DRCONV.CONVS', ['lateral', 'output'], 'MODEL.DRCONV.LEVELS', ['p2', 'p4', 'p5'],
-     'MODEL.FPN.NORM', 'GN', 'MODEL.DRCONV.REGION_NUM', 4),
-    ('MODEL.DRCONV.CONVS', ['lateral', 'output'], 'MODEL.DRCONV.SHARED_GUIDE', True),
-    ('MODEL.DRCONV.GENERATOR', 'paper', 'MODEL.DRCONV.STATIC_KERNEL', True),
-], ids=['8r-output', 'gn-lateral-output', 'shared-guide', 'paper-static'])
+@pytest.mark.parametrize(
+    'opts',
+    [
+        (),
+        ('MODEL.DRCONV.CONVS', ['lateral', 'output'], 'MODEL.DRCONV.LEVELS', ['p2', 'p4', 'p5'],
+         'MODEL.FPN.NORM', 'GN', 'MODEL.DRCONV.REGION_NUM', 4),
+        ('MODEL.DRCONV.CONVS', ['lateral', 'output'], 'MODEL.DRCONV.SHARED_GUIDE', True),
+        ('MODEL.DRCONV.GENERATOR', 'paper', 'MODEL.DRCONV.STATIC_KERNEL', True),
+    ],
+    ids=['8r-output', 'gn-lateral-output', 'shared-guide', 'paper-static'],
+)
 def test_features_equal_the_plain_fpn_after_warm_start(tmp_path, suffix, opts, dtype, tol):
     plain, drconv = plain_and_drconv(*opts)
     plain.to(dtype)
@@ -93,7 +103,9 @@ def test_backbone_only_checkpoint_is_left_to_detectron2(tmp_path):
     guide = drconv.fpn_output2.guide.weight.clone()
     DRConvCheckpointer(drconv).load(str(path))
     torch.testing.assert_close(drconv.bottom_up.stem.conv1.weight,
-                               plain.bottom_up.stem.conv1.weight, rtol=0, atol=0)
+                               plain.bottom_up.stem.conv1.weight,
+                               rtol=0,
+                               atol=0)
     torch.testing.assert_close(drconv.fpn_output2.guide.weight, guide, rtol=0, atol=0)
 
 
@@ -112,8 +124,7 @@ def edit(state, change):
      r'fpn_output2 needs a conv weight of shape \(32, 32, 3, 3\)'),
     (lambda s: s.pop('fpn_lateral4.bias'),
      r'missing keys 1 \(fpn_lateral4\.bias\), unexpected keys 0 \(\)'),
-    (lambda s: s.update({'head.extra': torch.zeros(1)}),
-     r'unexpected keys 1 \(head\.extra\)'),
+    (lambda s: s.update({'head.extra': torch.zeros(1)}), r'unexpected keys 1 \(head\.extra\)'),
     (lambda s: s.update({'fpn_lateral4.weight': torch.zeros(32, 256, 3, 3)}),
      r'mis-shaped keys \(checkpoint != model\) 1 \(fpn_lateral4\.weight \(32, 256, 3, 3\) != '
      r'\(32, 256, 1, 1\)\)'),

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from helpers import run_tool
 
-pytest.importorskip('mmpretrain', reason='needs mmpretrain and torchvision: make setup-compat '
+pytest.importorskip('mmpretrain',
+                    reason='needs mmpretrain and torchvision: make setup-compat '
                     'installs them (the torch 2.13 CPU wheel cannot load torchvision)')
 pytest.importorskip('sklearn', reason='the digits ship with scikit-learn')
 
@@ -17,17 +18,21 @@ from drconv_mmdet.mmpretrain import DigitsDataset  # noqa: E402
 PY = sys.executable
 DRCONV_CONFIG = 'configs/mmpretrain/shufflenet-v2-0.5x-drconv-8r_1xb32-10e_digits.py'
 # One short epoch on a slice of each split.
-TINY = ['--cfg-options', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
-        'param_scheduler.0.end=1', 'default_hooks.checkpoint.interval=1',
-        'default_hooks.logger.interval=1', 'train_dataloader.dataset.indices=96',
-        'val_dataloader.dataset.indices=64', 'test_dataloader.dataset.indices=64']
+TINY = [
+    '--cfg-options', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+    'param_scheduler.0.end=1', 'default_hooks.checkpoint.interval=1',
+    'default_hooks.logger.interval=1', 'train_dataloader.dataset.indices=96',
+    'val_dataloader.dataset.indices=64', 'test_dataloader.dataset.indices=64'
+]
 
 
 def test_digits_split():
     train, test = DigitsDataset(split='train'), DigitsDataset(split='test', test_mode=True)
     assert (len(train), len(test)) == (1257, 540)
-    labels = [np.array([train.get_data_info(i)['gt_label'] for i in range(len(train))]),
-              np.array([test.get_data_info(i)['gt_label'] for i in range(len(test))])]
+    labels = [
+        np.array([train.get_data_info(i)['gt_label'] for i in range(len(train))]),
+        np.array([test.get_data_info(i)['gt_label'] for i in range(len(test))])
+    ]
     # Stratified: every digit is about 10 % of each split.
     for split in labels:
         assert set(split.tolist()) == set(range(10))

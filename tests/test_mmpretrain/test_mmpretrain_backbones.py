@@ -7,15 +7,19 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip('mmpretrain', reason='needs mmpretrain and torchvision: make setup-compat '
+pytest.importorskip('mmpretrain',
+                    reason='needs mmpretrain and torchvision: make setup-compat '
                     'installs them (the torch 2.13 CPU wheel cannot load torchvision)')
 
 from mmengine.registry import DefaultScope  # noqa: E402
 from mmpretrain.models.backbones import MobileNetV2, ShuffleNetV2  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
 
+# isort's wrapping, which keeps the noqa on the line flake8 checks: yapf would move it.
+# yapf: disable
 from drconv_mmdet.mmpretrain import (DRMobileNetV2, DRShuffleNetV2,  # noqa: E402
                                      SharedGuideSequential)
+# yapf: enable
 from drconv_mmdet.nn import DRConv2d  # noqa: E402
 
 # The widths of the paper's Fig. 4.
@@ -29,8 +33,11 @@ LAST_CHANNELS = {DRShuffleNetV2: 1024, DRMobileNetV2: 1280}
 
 
 def _pointwise(model):
-    return {name for name, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1}
+    return {
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
+    }
 
 
 def _randomised(model):
@@ -59,7 +66,8 @@ def test_drconvs_exactly_at_the_1x1_convs(dr_cls, plain_cls, width, shared_guide
             (conv.in_channels, conv.out_channels, conv.stride, 4)
     # Every other conv (the 3x3 stem, the depthwise convs) stays the plain one.
     others = {name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    assert others == {name for name, m in plain.named_modules()
+    assert others == {name
+                      for name, m in plain.named_modules()
                       if isinstance(m, nn.Conv2d)} - set(drconvs)
     assert all(plain_modules[name].kernel_size == (3, 3) for name in others)
     # With a shared guide, one DRConv per guided branch owns the guide conv.
@@ -83,8 +91,11 @@ def test_plain_state_dict_starts_the_drconvs(dr_cls, plain_cls, shared_guide, ge
     """Warm start: mmpretrain's plain weights load and the network computes what the plain one
     computes, with all stage outputs."""
     plain = _randomised(plain_cls(widen_factor=0.5, out_indices=(0, 1, 2)))
-    model = dr_cls(widen_factor=0.5, out_indices=(0, 1, 2), shared_guide=shared_guide,
-                   generator=generator, region_num=4)
+    model = dr_cls(widen_factor=0.5,
+                   out_indices=(0, 1, 2),
+                   shared_guide=shared_guide,
+                   generator=generator,
+                   region_num=4)
     state = plain.state_dict()
     model.load_state_dict(state)
     assert state.keys() == plain.state_dict().keys(), 'the caller\'s dict must stay as it was'
@@ -95,8 +106,11 @@ def test_plain_state_dict_starts_the_drconvs(dr_cls, plain_cls, shared_guide, ge
         for out, expected in zip(model(x), plain(x)):
             torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
     # Its own state dict (DRConv keys) loads back as it is.
-    again = dr_cls(widen_factor=0.5, out_indices=(0, 1, 2), shared_guide=shared_guide,
-                   generator=generator, region_num=4)
+    again = dr_cls(widen_factor=0.5,
+                   out_indices=(0, 1, 2),
+                   shared_guide=shared_guide,
+                   generator=generator,
+                   region_num=4)
     again.load_state_dict(model.state_dict())
     again.eval()
     with torch.no_grad():
@@ -105,7 +119,8 @@ def test_plain_state_dict_starts_the_drconvs(dr_cls, plain_cls, shared_guide, ge
 
 def test_plain_state_dict_of_another_width_is_refused():
     model = DRShuffleNetV2(widen_factor=0.5, **SMALL)
-    with pytest.raises(ValueError, match=r'layers\.0\.0\.branch1\.1\.conv\.weight has shape '
+    with pytest.raises(ValueError,
+                       match=r'layers\.0\.0\.branch1\.1\.conv\.weight has shape '
                        r'\(58, 24, 1, 1\), but the DRConv at layers\.0\.0\.branch1\.1\.conv '
                        r'starts from a conv weight of shape \(24, 24, 1, 1\)'):
         model.load_state_dict(ShuffleNetV2(widen_factor=1.0).state_dict())
@@ -122,8 +137,11 @@ def test_training_step_gives_every_drconv_parameter_a_finite_gradient(dr_cls, sh
     x, y = torch.rand(4, 3, 64, 64), torch.randint(0, 10, (4, ))
     loss = nn.functional.cross_entropy(head(model(x)[-1].mean(dim=(2, 3))), y)
     loss.backward()
-    drconv_params = {f'{name}.{p_name}': p for name, m in model.named_modules()
-                     if isinstance(m, DRConv2d) for p_name, p in m.named_parameters()}
+    drconv_params = {
+        f'{name}.{p_name}': p
+        for name, m in model.named_modules() if isinstance(m, DRConv2d)
+        for p_name, p in m.named_parameters()
+    }
     assert drconv_params
     for name, param in drconv_params.items():
         assert param.grad is not None, name
@@ -145,8 +163,8 @@ def test_registered_in_mmpretrain():
     # As an mmpretrain config builds them (default_scope='mmpretrain'), whatever scope an earlier
     # test left.
     with DefaultScope.overwrite_default_scope('mmpretrain'):
-        model = MODELS.build(dict(type='DRShuffleNetV2', widen_factor=0.5, generator='paper',
-                                  region_num=2))
+        model = MODELS.build(
+            dict(type='DRShuffleNetV2', widen_factor=0.5, generator='paper', region_num=2))
         mobilenet = MODELS.build(dict(type='DRMobileNetV2', widen_factor=0.25, **SMALL))
     assert isinstance(model, DRShuffleNetV2)
     assert {m.generator_type for m in model.modules() if isinstance(m, DRConv2d)} == {'paper'}
@@ -176,6 +194,8 @@ def test_importing_drconv_mmdet_leaves_mmpretrain_out(block_mmdet):
     code += 'import drconv_mmdet; assert "drconv_mmdet.mmpretrain" not in sys.modules'
     if block_mmdet:
         code += '; assert "mmpretrain" not in sys.modules, "mmpretrain imported"'
-    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, '-c', code],
+                            capture_output=True,
+                            text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr

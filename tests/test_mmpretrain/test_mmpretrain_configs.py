@@ -9,7 +9,8 @@ import yaml
 from helpers import REPO_ROOT, schedule_runner
 from torch import nn
 
-pytest.importorskip('mmpretrain', reason='needs mmpretrain and torchvision: make setup-compat '
+pytest.importorskip('mmpretrain',
+                    reason='needs mmpretrain and torchvision: make setup-compat '
                     'installs them (the torch 2.13 CPU wheel cannot load torchvision)')
 
 from mmengine.config import Config  # noqa: E402
@@ -57,8 +58,11 @@ def test_network_is_the_one_the_name_says(path):
     assert {m.region_num for m in model.modules() if isinstance(m, DRConv2d)} == {8}
     # The DRConv network differs from its baseline in the 1x1 convs only.
     plain, plain_cfg = _build(plain_path)
-    assert drconvs == {name for name, m in plain.backbone.named_modules()
-                       if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1}
+    assert drconvs == {
+        name
+        for name, m in plain.backbone.named_modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
+    }
     assert plain_cfg.model.head == cfg.model.head
     assert plain_cfg.train_dataloader == cfg.train_dataloader
 

@@ -7,7 +7,8 @@ import torch
 from helpers import REPO_ROOT
 from torch import nn
 
-pytest.importorskip('mmpretrain', reason='needs mmpretrain and torchvision: make setup-compat '
+pytest.importorskip('mmpretrain',
+                    reason='needs mmpretrain and torchvision: make setup-compat '
                     'installs them (the torch 2.13 CPU wheel cannot load torchvision)')
 pytest.importorskip('mmcv.ops', reason='mmdet\'s detectors need mmcv built with its ops')
 
@@ -33,8 +34,8 @@ def cfg():
 
 def _build(cfg, checkpoint=None):
     model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.backbone.init_cfg = (None if checkpoint is None else dict(
-        model_cfg.backbone.init_cfg, checkpoint=checkpoint))
+    model_cfg.backbone.init_cfg = (None if checkpoint is None else dict(model_cfg.backbone.init_cfg,
+                                                                        checkpoint=checkpoint))
     init_default_scope('mmdet')
     return MODELS.build(model_cfg)
 
@@ -69,8 +70,9 @@ def test_detector_trains_a_step(cfg):
     model.init_weights()
     drconvs = {name: m for name, m in model.backbone.named_modules() if isinstance(m, DRConv2d)}
     assert drconvs and all(m.region_num == 8 for m in drconvs.values())
-    assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
-                   for m in model.backbone.modules())
+    assert not any(
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
+        for m in model.backbone.modules())
     model.train()
     data = model.data_preprocessor(
         demo_mm_inputs(2, [[3, 128, 160], [3, 96, 128]], num_items=[3, 2]), True)

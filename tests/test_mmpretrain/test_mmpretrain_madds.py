@@ -6,7 +6,8 @@ import pytest
 import torch
 from helpers import REPO_ROOT
 
-pytest.importorskip('mmpretrain', reason='needs mmpretrain and torchvision: make setup-compat '
+pytest.importorskip('mmpretrain',
+                    reason='needs mmpretrain and torchvision: make setup-compat '
                     'installs them (the torch 2.13 CPU wheel cannot load torchvision)')
 
 from mmengine.analysis import parameter_count  # noqa: E402
@@ -44,7 +45,9 @@ def _count(config: str) -> dict:
             generator += madds[f'{name}.generator']
             guide += madds[name] - madds[f'{name}.generator'] - by_operator[name][DRCONV_OP_NAME]
     assert not analyzer.unsupported_ops()
-    return dict(total=madds[''], guide=guide, generator=generator,
+    return dict(total=madds[''],
+                guide=guide,
+                generator=generator,
                 params=parameter_count(model)[''])
 
 

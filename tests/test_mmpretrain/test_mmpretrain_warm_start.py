@@ -9,7 +9,8 @@ import pytest
 import torch
 from helpers import REPO_ROOT, run_tool
 
-pytest.importorskip('mmpretrain', reason='needs mmpretrain and torchvision: make setup-compat '
+pytest.importorskip('mmpretrain',
+                    reason='needs mmpretrain and torchvision: make setup-compat '
                     'installs them (the torch 2.13 CPU wheel cannot load torchvision)')
 
 from mmengine.config import Config  # noqa: E402
@@ -21,10 +22,10 @@ from drconv_mmdet.nn import DRConv2d  # noqa: E402
 TOOL = 'tools/model_converters/plain_to_drconv.py'
 CONFIGS = 'configs/mmpretrain'
 PAIRS = {
-    'shufflenet-v2-0.5x': ('shufflenet-v2-0.5x_16xb64-240e_in1k.py',
-                           'shufflenet-v2-0.5x-drconv-8r_16xb64-240e_in1k.py'),
-    'mobilenet-v2': ('mobilenet-v2_16xb64-240e_in1k.py',
-                     'mobilenet-v2-drconv-8r_16xb64-240e_in1k.py'),
+    'shufflenet-v2-0.5x':
+    ('shufflenet-v2-0.5x_16xb64-240e_in1k.py', 'shufflenet-v2-0.5x-drconv-8r_16xb64-240e_in1k.py'),
+    'mobilenet-v2':
+    ('mobilenet-v2_16xb64-240e_in1k.py', 'mobilenet-v2-drconv-8r_16xb64-240e_in1k.py'),
 }
 SHUFFLENET_1X = 'shufflenet-v2-1x_16xb64-240e_in1k.py'
 

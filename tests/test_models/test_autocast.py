@@ -33,9 +33,10 @@ def _cpu_autocast_supports(dtype):
 
 LOW_PRECISION = [
     torch.bfloat16,
-    pytest.param(torch.float16, marks=pytest.mark.skipif(
-        not _cpu_autocast_supports(torch.float16),
-        reason=f'CPU autocast has no float16 in torch {torch.__version__}')),
+    pytest.param(torch.float16,
+                 marks=pytest.mark.skipif(
+                     not _cpu_autocast_supports(torch.float16),
+                     reason=f'CPU autocast has no float16 in torch {torch.__version__}')),
 ]
 
 
@@ -52,7 +53,11 @@ def test_conv_module_of_drconvs(dtype):
     """The ConvModule that a config's ``conv_cfg=dict(type='DRConv')`` builds, applied twice, so
     that the second call gets a low precision input."""
     torch.manual_seed(0)
-    module = ConvModule(16, 16, 3, padding=1, conv_cfg=dict(type='DRConv', region_num=4),
+    module = ConvModule(16,
+                        16,
+                        3,
+                        padding=1,
+                        conv_cfg=dict(type='DRConv', region_num=4),
                         norm_cfg=None)
     assert isinstance(module.conv, DRConv2d) and module.conv.bias is not None
     with torch.autocast('cpu', dtype=dtype):
@@ -67,8 +72,14 @@ def test_conv_module_of_drconvs(dtype):
 @pytest.mark.parametrize('generator', ['paper', 'basis'])
 def test_drconv2d_with_bias(generator, kernel_size, input_dtype):
     torch.manual_seed(0)
-    layer = DRConv2d(6, 5, kernel_size, padding=kernel_size // 2, bias=True, region_num=3,
-                     generator=generator, num_bases=2)
+    layer = DRConv2d(6,
+                     5,
+                     kernel_size,
+                     padding=kernel_size // 2,
+                     bias=True,
+                     region_num=3,
+                     generator=generator,
+                     num_bases=2)
     torch.nn.init.normal_(layer.bias)
     x = torch.randn(2, 6, 9, 7)
     with torch.autocast('cpu', dtype=torch.bfloat16):
@@ -86,7 +97,10 @@ def test_drconv2d_with_bias(generator, kernel_size, input_dtype):
 def test_drfpn_forward_backward():
     torch.manual_seed(0)
     in_channels = [4, 6, 8, 10]
-    neck = DRFPN(in_channels, 8, 5, add_extra_convs='on_output',
+    neck = DRFPN(in_channels,
+                 8,
+                 5,
+                 add_extra_convs='on_output',
                  drconv_cfg=dict(type='DRConv', region_num=4),
                  drconv_layers=('lateral_convs.0', 'fpn_convs.0', 'fpn_convs.1'))
     inputs = [torch.randn(2, c, s, s) for c, s in zip(in_channels, [24, 12, 6, 3])]

@@ -177,9 +177,8 @@ def test_detnas_frozen_stages(frozen_stages, num_frozen_blocks):
     assert _frozen(model.first_conv)
     blocks = list(model.features)
     assert all(_frozen(block) for block in blocks[:num_frozen_blocks])
-    assert all(
-        block.training and all(p.requires_grad for p in block.parameters())
-        for block in blocks[num_frozen_blocks:])
+    assert all(block.training and all(p.requires_grad for p in block.parameters())
+               for block in blocks[num_frozen_blocks:])
 
 
 def test_detnas_not_frozen_by_default():
@@ -315,14 +314,14 @@ def _drconv_backbone_cfg(checkpoint, **kwargs):
     config = CONFIG_DIR / 'faster-rcnn_detnas-300m-drconv-8r_fpn-4conv1fc_90k_coco.py'
     backbone = Config.fromfile(str(config)).model.backbone
     backbone.update(norm_cfg=dict(type='BN'),
-                    init_cfg=dict(type='Pretrained', checkpoint=checkpoint), **kwargs)
+                    init_cfg=dict(type='Pretrained', checkpoint=checkpoint),
+                    **kwargs)
     return backbone
 
 
-@pytest.mark.parametrize('drconv_proj, shared_guide', [(False, False), (True, False),
-                                                       (False, True), (True, True)])
-def test_detnas_drconv_starts_from_converted_imagenet_weights(tmp_path, drconv_proj,
-                                                              shared_guide):
+@pytest.mark.parametrize('drconv_proj, shared_guide', [(False, False), (True, False), (False, True),
+                                                       (True, True)])
+def test_detnas_drconv_starts_from_converted_imagenet_weights(tmp_path, drconv_proj, shared_guide):
     plain = _plain_detnas()
     path = tmp_path / 'detnas.pth'
     converted = convert_detnas_checkpoint(_official_checkpoint(plain.state_dict()))
@@ -330,7 +329,9 @@ def test_detnas_drconv_starts_from_converted_imagenet_weights(tmp_path, drconv_p
     init_default_scope('mmdet')
     # The config's backbone with fewer regions and bases, to keep the test fast.
     model = MODELS.build(
-        _drconv_backbone_cfg(str(path), drconv_proj=drconv_proj, shared_guide=shared_guide,
+        _drconv_backbone_cfg(str(path),
+                             drconv_proj=drconv_proj,
+                             shared_guide=shared_guide,
                              drconv_cfg=DRCONV_CFG))
     model.init_weights()
     model.eval()
@@ -346,13 +347,16 @@ def test_detnas_drconv_loads_plain_detector_weights_strictly(shared_guide):
     plain = _plain_detnas(seed=1)
     detector = nn.Module()
     detector.backbone = DetNAS(drconv_cfg=DRCONV_CFG, drconv_proj=True, shared_guide=shared_guide)
-    guide_convs = {name: m.weight.clone() for name, m in detector.named_modules()
-                   if name.endswith('guide_conv')}
+    guide_convs = {
+        name: m.weight.clone()
+        for name, m in detector.named_modules() if name.endswith('guide_conv')
+    }
     state_dict = {f'backbone.{key}': value for key, value in plain.state_dict().items()}
     detector.load_state_dict(state_dict, strict=True)
     detector.eval()
-    assert all(torch.equal(detector.get_submodule(name).weight, weight)
-               for name, weight in guide_convs.items())
+    assert all(
+        torch.equal(detector.get_submodule(name).weight, weight)
+        for name, weight in guide_convs.items())
     assert len(guide_convs) == (20 if shared_guide else 0)
     x = torch.rand(1, 3, 32, 64) * 255
     with torch.no_grad():
@@ -372,9 +376,11 @@ def test_detnas_drconv_refuses_a_plain_weight_of_another_shape():
     key = 'features.0.conv.0.interstellar1a_shufflenet_7x7_branch2a.weight'
     state_dict[key] = torch.rand(32, 8, 1, 1)
     model = DetNAS(drconv_cfg=DRCONV_CFG)
-    with pytest.raises(ValueError, match=re.escape(
-            f'{key} must have the shape (32, 16, 1, 1) of the DRConv at '
-            'features.0.conv.0.interstellar1a_shufflenet_7x7_branch2a, but got (32, 8, 1, 1)')):
+    with pytest.raises(
+            ValueError,
+            match=re.escape(
+                f'{key} must have the shape (32, 16, 1, 1) of the DRConv at '
+                'features.0.conv.0.interstellar1a_shufflenet_7x7_branch2a, but got (32, 8, 1, 1)')):
         model.load_state_dict(state_dict)
 
 
@@ -383,7 +389,13 @@ def test_detnas_drconv_refuses_a_plain_weight_of_another_shape():
 def test_shared_guide_is_taken_at_the_depthwise_window_centres(op, sampled):
     """At odd sizes a nearest resize would drift (rows 0, 1, 3, 5 of 7); the block's stride
     samples rows 0, 2, 4, 6."""
-    block = DetNASBlock('1a', op, 4, 12, stride=2, drconv_cfg=DRCONV_CFG, drconv_proj=True,
+    block = DetNASBlock('1a',
+                        op,
+                        4,
+                        12,
+                        stride=2,
+                        drconv_cfg=DRCONV_CFG,
+                        drconv_proj=True,
                         shared_guide=True)
     seen = {}
     for unit in [*block.conv, block.proj_conv]:

@@ -16,9 +16,15 @@ def mmdet_scope():
 
 @pytest.mark.parametrize('generator', ['paper', 'basis'])
 def test_build_conv_layer(generator):
-    layer = build_conv_layer(
-        dict(type='DRConv', region_num=4, generator=generator), 6, 5, 3, stride=2, padding=1,
-        dilation=1, groups=1, bias=True)
+    layer = build_conv_layer(dict(type='DRConv', region_num=4, generator=generator),
+                             6,
+                             5,
+                             3,
+                             stride=2,
+                             padding=1,
+                             dilation=1,
+                             groups=1,
+                             bias=True)
     assert isinstance(layer, DRConv2d)
     assert (layer.kernel_size, layer.stride, layer.padding) == ((3, 3), (2, 2), (1, 1))
     assert layer.region_num == 4 and layer.generator_type == generator
@@ -26,8 +32,13 @@ def test_build_conv_layer(generator):
 
 
 def test_conv_module():
-    module = ConvModule(8, 6, 3, padding=1, conv_cfg=dict(type='DRConv', region_num=8),
-                        norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU'))
+    module = ConvModule(8,
+                        6,
+                        3,
+                        padding=1,
+                        conv_cfg=dict(type='DRConv', region_num=8),
+                        norm_cfg=dict(type='BN'),
+                        act_cfg=dict(type='ReLU'))
     assert isinstance(module.conv, DRConv2d)
     assert module.with_bias is False and module.conv.bias is None
     out = module(torch.randn(2, 8, 10, 12))
@@ -68,19 +79,24 @@ def test_bias_rules_of_the_optimizer_reach_every_drconv_bias():
     parameter must be one, or bias_lr_mult and bias_decay_mult silently skip it."""
     model = torch.nn.Sequential(
         DRConv2d(4, 6, 3, padding=1, region_num=2, generator='paper', static_kernel=True),
-        DRConv2d(6, 6, 1, region_num=3, generator='basis'),
-        torch.nn.Conv2d(6, 2, 1))
-    constructor = DefaultOptimWrapperConstructor(
-        dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.01, weight_decay=1e-4)),
-        paramwise_cfg=dict(bias_lr_mult=2., bias_decay_mult=0.))
+        DRConv2d(6, 6, 1, region_num=3, generator='basis'), torch.nn.Conv2d(6, 2, 1))
+    constructor = DefaultOptimWrapperConstructor(dict(type='OptimWrapper',
+                                                      optimizer=dict(type='SGD',
+                                                                     lr=0.01,
+                                                                     weight_decay=1e-4)),
+                                                 paramwise_cfg=dict(bias_lr_mult=2.,
+                                                                    bias_decay_mult=0.))
     groups = {
         id(param): group
-        for group in constructor(model).optimizer.param_groups for param in group['params']
+        for group in constructor(model).optimizer.param_groups
+        for param in group['params']
     }
     params = _drconv_params(model)
     biases = {name for name in params if name.endswith('bias')}
     assert biases == {
-        f'{i}.{name}' for i in (0, 1) for name in ('bias', 'guide.bias')
+        f'{i}.{name}'
+        for i in (0, 1)
+        for name in ('bias', 'guide.bias')
     } | {'0.generator.reduce.bias', '0.generator.expand.bias', '1.generator.routing.bias'}
     # Every 1-D parameter of the layer is a bias.
     assert {name for name, param in params.items() if param.dim() == 1} == biases
@@ -93,7 +109,10 @@ def test_fpn_xavier_init_cfg_leaves_the_drconv_init_alone():
     """FPN's init_cfg dict(type='Xavier', layer='Conv2d') matches modules by class name (and
     base class names); the DRConv's guide and generators must keep their own init."""
     neck = MODELS.build(
-        dict(type='DRFPN', in_channels=[4, 8], out_channels=6, num_outs=2,
+        dict(type='DRFPN',
+             in_channels=[4, 8],
+             out_channels=6,
+             num_outs=2,
              drconv_cfg=dict(type='DRConv', region_num=2, generator='paper', static_kernel=True),
              drconv_layers=('fpn_convs.0', 'lateral_convs.1'),
              init_cfg=dict(type='Xavier', layer='Conv2d', distribution='uniform')))

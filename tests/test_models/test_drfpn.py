@@ -14,12 +14,16 @@ def _inputs():
 
 
 def test_default_replaces_the_p2_p3_output_convs_only():
-    neck = DRFPN(IN_CHANNELS, 6, 4, add_extra_convs='on_output',
+    neck = DRFPN(IN_CHANNELS,
+                 6,
+                 4,
+                 add_extra_convs='on_output',
                  drconv_cfg=dict(type='DRConv', region_num=2, generator='basis'))
     drconvs = [name for name, m in neck.named_modules() if isinstance(m, DRConv2d)]
     assert drconvs == ['fpn_convs.0.conv', 'fpn_convs.1.conv']
-    assert all(type(m) is nn.Conv2d
-               for name, m in neck.named_modules() if name.endswith('conv') and name not in drconvs)
+    assert all(
+        type(m) is nn.Conv2d for name, m in neck.named_modules()
+        if name.endswith('conv') and name not in drconvs)
     layer = neck.fpn_convs[0].conv
     assert (layer.kernel_size, layer.padding, layer.region_num) == ((3, 3), (1, 1), 2)
     neck.init_weights()
@@ -29,7 +33,10 @@ def test_default_replaces_the_p2_p3_output_convs_only():
 
 
 def test_lateral_and_extra_convs_can_be_chosen():
-    neck = DRFPN(IN_CHANNELS, 6, 4, add_extra_convs='on_output',
+    neck = DRFPN(IN_CHANNELS,
+                 6,
+                 4,
+                 add_extra_convs='on_output',
                  drconv_layers=['lateral_convs.0', 'fpn_convs.3'],
                  drconv_cfg=dict(type='DRConv', region_num=2))
     assert isinstance(neck.lateral_convs[0].conv, DRConv2d)

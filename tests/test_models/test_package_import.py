@@ -15,8 +15,12 @@ def _run_python(code: str, *path_first: Path) -> subprocess.CompletedProcess:
     if os.environ.get('PYTHONPATH'):
         python_path.append(os.environ['PYTHONPATH'])
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(python_path)}
-    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)],
+                          cwd=REPO_ROOT,
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
 
 
 @pytest.mark.slow

@@ -57,8 +57,9 @@ class Zoo(nn.Module):
 
 
 @pytest.mark.parametrize('dtype, tol', [(torch.float32, 1e-5), (torch.float64, 1e-12)])
-@pytest.mark.parametrize('kwargs', [dict(generator='basis', num_bases=3),
-                                    dict(generator='paper', static_kernel=True)])
+@pytest.mark.parametrize(
+    'kwargs', [dict(generator='basis', num_bases=3),
+               dict(generator='paper', static_kernel=True)])
 def test_outputs_unchanged_at_conversion(dtype, tol, kwargs):
     torch.manual_seed(0)
     model = Net().to(dtype).eval()
@@ -89,8 +90,13 @@ def test_replace_conv2d_takes_any_builder_and_keeps_dtype_and_mode():
 
     def build(conv: nn.Conv2d) -> nn.Module:
         built.append(conv)
-        return DRConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                        conv.padding, conv.dilation, region_num=2)
+        return DRConv2d(conv.in_channels,
+                        conv.out_channels,
+                        conv.kernel_size,
+                        conv.stride,
+                        conv.padding,
+                        conv.dilation,
+                        region_num=2)
 
     old_head = model.head
     assert replace_conv2d(model, ('head', ), build) == ['head']
@@ -116,6 +122,7 @@ def test_nothing_is_replaced_when_a_layer_fails():
 ZOO_CHOICES = re.escape("Convertible nn.Conv2d layers: ['ok']")
 
 
+# yapf: disable
 @pytest.mark.parametrize('names, message', [
     ('ok', r"layer_names must be a sequence of layer names, but got the string 'ok'"),
     (['ok', 'ok'], r"layer_names names \['ok'\] more than once"),
@@ -130,6 +137,7 @@ ZOO_CHOICES = re.escape("Convertible nn.Conv2d layers: ['ok']")
     (['normed'], r'it is a [\w.]*NormConv2d, whose forward is not nn\.Conv2d\.forward'),
     (['hooked'], r'it is an nn\.Conv2d with forward hooks, which would be lost'),
 ])
+# yapf: enable
 def test_errors(names, message):
     model = Zoo()
     with pytest.raises(ValueError, match=message):
@@ -187,7 +195,8 @@ def test_conv_also_held_in_an_immutable_container_is_refused(container):
     model.inner = nn.Module()
     model.inner.p2 = nn.Conv2d(2, 2, 1)
     model.inner.output_convs = container([model.inner.p2])
-    with pytest.raises(ValueError, match=r"'inner\.p2' is also held in the plain attribute\(s\) "
+    with pytest.raises(ValueError,
+                       match=r"'inner\.p2' is also held in the plain attribute\(s\) "
                        r"\['inner\.output_convs'\], which cannot be updated in place \(only lists "
                        r"and dicts can\)"):
         convert_to_drconv(model, ['inner.p2'])
@@ -200,7 +209,9 @@ def test_conversion_does_not_import_detectron2():
     code = ('import sys; from torch import nn; from drconv_mmdet.nn import convert_to_drconv; '
             'convert_to_drconv(nn.Sequential(nn.Conv2d(2, 2, 1)), ["0"], region_num=2); '
             'print(sorted(m for m in sys.modules if m.split(".")[0] == "detectron2"))')
-    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, '-c', code],
+                            capture_output=True,
+                            text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == '[]'

@@ -10,10 +10,15 @@ from drconv_mmdet.ops import dr_conv2d_reference
 
 
 @pytest.mark.parametrize('generator', ['paper', 'basis'])
-@pytest.mark.parametrize('kernel_size, stride, padding',
-                         [(1, 1, 0), (3, 1, 1), (3, 2, 1), (1, 2, 0)])
+@pytest.mark.parametrize('kernel_size, stride, padding', [(1, 1, 0), (3, 1, 1), (3, 2, 1),
+                                                          (1, 2, 0)])
 def test_forward_backward_reaches_every_parameter(generator, kernel_size, stride, padding):
-    layer = DRConv2d(6, 5, kernel_size, stride=stride, padding=padding, region_num=4,
+    layer = DRConv2d(6,
+                     5,
+                     kernel_size,
+                     stride=stride,
+                     padding=padding,
+                     region_num=4,
                      generator=generator)
     x = torch.randn(2, 6, 11, 9, requires_grad=True)
     out = layer(x)
@@ -29,12 +34,17 @@ def test_forward_is_the_definition(generator):
     """Eq. 3-5: each output pixel is the convolution with the filter of its guide's argmax
     region; the all-regions reference computes every region's convolution, then selects."""
     torch.manual_seed(0)
-    layer = DRConv2d(4, 3, 3, stride=(2, 1), padding=(1, 0), dilation=(1, 2), region_num=5,
+    layer = DRConv2d(4,
+                     3,
+                     3,
+                     stride=(2, 1),
+                     padding=(1, 0),
+                     dilation=(1, 2),
+                     region_num=5,
                      generator=generator).double()
     x = torch.randn(2, 4, 9, 8, dtype=torch.float64)
     guide = F.conv2d(x, layer.guide.weight, layer.guide.bias, (2, 1), (1, 0), (1, 2))
-    expected = dr_conv2d_reference(x, layer.generator(x), guide, layer.bias, (2, 1), (1, 0),
-                                   (1, 2))
+    expected = dr_conv2d_reference(x, layer.generator(x), guide, layer.bias, (2, 1), (1, 0), (1, 2))
     torch.testing.assert_close(layer(x), expected)
 
 
@@ -54,7 +64,10 @@ def test_external_guide_is_sampled_and_shared():
     guide = torch.randn(2, 3, 8, 10, requires_grad=True)
     out = shared(x, guide)
     assert out.shape == (2, 4, 4, 5)
-    expected = dr_conv2d_reference(x, shared.generator(x), guide[..., ::2, ::2], shared.bias,
+    expected = dr_conv2d_reference(x,
+                                   shared.generator(x),
+                                   guide[..., ::2, ::2],
+                                   shared.bias,
                                    stride=2)
     torch.testing.assert_close(out, expected)
     out.sum().backward()
@@ -67,8 +80,7 @@ def test_external_guide_overrides_own_guide():
     guide = torch.zeros(1, 2, 5, 5)
     guide[:, 1] = 1.0
     weight = layer.generator(x)
-    torch.testing.assert_close(
-        layer(x, guide), F.conv2d(x, weight[0, 1], layer.bias, padding=1))
+    torch.testing.assert_close(layer(x, guide), F.conv2d(x, weight[0, 1], layer.bias, padding=1))
 
 
 def test_record_mask():
@@ -158,11 +170,13 @@ def test_forward_errors():
     with pytest.raises(ValueError,
                        match=r'x must have shape \(B, 4, H, W\), but got \(1, 5, 6, 6\)'):
         layer(torch.randn(1, 5, 6, 6))
-    with pytest.raises(ValueError, match=r'guide must have shape \(B=1, region_num=3, H, W\), but '
+    with pytest.raises(ValueError,
+                       match=r'guide must have shape \(B=1, region_num=3, H, W\), but '
                        r'got \(1, 2, 6, 6\)'):
         layer(torch.randn(1, 4, 6, 6), torch.randn(1, 2, 6, 6))
     shared = DRConv2d(4, 4, 1, region_num=3, with_guide_conv=False)
-    with pytest.raises(ValueError, match='guide is required: this DRConv2d was built with '
+    with pytest.raises(ValueError,
+                       match='guide is required: this DRConv2d was built with '
                        'with_guide_conv=False'):
         shared(torch.randn(1, 4, 6, 6))
 
@@ -230,8 +244,9 @@ def test_from_conv_resolves_string_padding(padding, expected):
     torch.testing.assert_close(layer(x), conv(x))
 
 
-@pytest.mark.parametrize('kwargs', [dict(generator='basis'),
-                                    dict(generator='paper', static_kernel=True)])
+@pytest.mark.parametrize(
+    'kwargs',
+    [dict(generator='basis'), dict(generator='paper', static_kernel=True)])
 def test_from_conv_every_parameter_learns(kwargs):
     """All parameters get a gradient at the first step except the guide conv, whose
     straight-through gradient is the difference between equal region responses (float noise
@@ -278,6 +293,7 @@ def test_static_kernel_starts_at_zero():
     assert DRConv2d(4, 3, 3, region_num=2, generator='paper').generator.static_weight is None
 
 
+# yapf: disable
 @pytest.mark.parametrize('conv, kwargs, error, message', [
     (nn.Conv2d(4, 4, 3, groups=2), {}, NotImplementedError,
      r'groups=1 only, but the conv has groups=2'),
@@ -296,6 +312,7 @@ def test_static_kernel_starts_at_zero():
      r"the paper generator cannot start from a \(3, 3\) kernel: its expand bias is shared by "
      r"the taps. Use generator='basis' or static_kernel=True"),
 ])
+# yapf: enable
 def test_from_conv_errors(conv, kwargs, error, message):
     with pytest.raises(error, match=message):
         DRConv2d.from_conv(conv, region_num=2, **kwargs)
@@ -303,16 +320,19 @@ def test_from_conv_errors(conv, kwargs, error, message):
 
 def test_init_from_conv_errors():
     layer = DRConv2d(4, 3, 1, region_num=2, generator='basis', bias=False)
-    with pytest.raises(ValueError, match=r'bias was given, but this DRConv2d was built with '
+    with pytest.raises(ValueError,
+                       match=r'bias was given, but this DRConv2d was built with '
                        r'bias=False'):
         layer.init_from_conv(torch.randn(3, 4, 1, 1), torch.randn(3))
-    with pytest.raises(ValueError, match=r'weight must have shape \(O, C, kh, kw\) = '
+    with pytest.raises(ValueError,
+                       match=r'weight must have shape \(O, C, kh, kw\) = '
                        r'\(3, 4, 1, 1\), but got \(3, 4, 3, 3\)'):
         layer.init_from_conv(torch.randn(3, 4, 3, 3))
     biased = DRConv2d(4, 3, 1, region_num=2)
     with pytest.raises(ValueError, match=r'bias must have shape \(3,\), but got \(4,\)'):
         biased.init_from_conv(torch.randn(3, 4, 1, 1), torch.randn(4))
-    with pytest.raises(ValueError, match=r"static_kernel=True needs the 'paper' generator, but "
+    with pytest.raises(ValueError,
+                       match=r"static_kernel=True needs the 'paper' generator, but "
                        r"got generator='basis'"):
         DRConv2d(4, 3, 1, generator='basis', static_kernel=True)
 
@@ -339,32 +359,42 @@ def test_window_centres(size, kernel_size, stride, padding, dilation, expected):
                           torch.device('cpu')).tolist() == expected
 
 
-@pytest.mark.parametrize('kernel_size, stride, padding, dilation', [
-    (3, 2, 1, 1), ((3, 5), (2, 3), (1, 2), 1), (3, 2, 2, 2), (1, 2, 0, 1), (3, 3, 0, 1)])
+@pytest.mark.parametrize('kernel_size, stride, padding, dilation', [(3, 2, 1, 1),
+                                                                    ((3, 5), (2, 3), (1, 2), 1),
+                                                                    (3, 2, 2, 2), (1, 2, 0, 1),
+                                                                    (3, 3, 0, 1)])
 def test_external_guide_at_input_size_is_taken_at_window_centres(kernel_size, stride, padding,
                                                                  dilation):
-    layer = DRConv2d(3, 4, kernel_size, stride, padding, dilation, region_num=3,
+    layer = DRConv2d(3,
+                     4,
+                     kernel_size,
+                     stride,
+                     padding,
+                     dilation,
+                     region_num=3,
                      with_guide_conv=False)
     x = torch.randn(2, 3, 7, 9)
     guide = torch.randn(2, 3, 7, 9, requires_grad=True)
-    rows = _centre_rows(7, *(layer.kernel_size[0], layer.stride[0], layer.padding[0],
-                             layer.dilation[0]))
-    cols = _centre_rows(9, *(layer.kernel_size[1], layer.stride[1], layer.padding[1],
-                             layer.dilation[1]))
+    rows = _centre_rows(
+        7, *(layer.kernel_size[0], layer.stride[0], layer.padding[0], layer.dilation[0]))
+    cols = _centre_rows(
+        9, *(layer.kernel_size[1], layer.stride[1], layer.padding[1], layer.dilation[1]))
     expected_guide = guide[:, :, rows][:, :, :, cols]
     torch.testing.assert_close(
         sample_guide(guide, layer.kernel_size, layer.stride, layer.padding, layer.dilation),
         expected_guide)
     out = layer(x, guide)
     torch.testing.assert_close(
-        out, dr_conv2d_reference(x, layer.generator(x), expected_guide, layer.bias, layer.stride,
-                                 layer.padding, layer.dilation))
+        out,
+        dr_conv2d_reference(x, layer.generator(x), expected_guide, layer.bias, layer.stride,
+                            layer.padding, layer.dilation))
     out.square().sum().backward()
     assert guide.grad.abs().sum() > 0
 
 
 def test_external_guide_of_another_size_is_refused():
     layer = DRConv2d(3, 4, 3, stride=2, padding=1, region_num=2, with_guide_conv=False)
-    with pytest.raises(ValueError, match=r'guide must have the output size \(4, 5\) or the '
+    with pytest.raises(ValueError,
+                       match=r'guide must have the output size \(4, 5\) or the '
                        r'input size \(7, 9\) of this layer, but got size \(5, 5\)'):
         layer(torch.randn(1, 3, 7, 9), torch.randn(1, 2, 5, 5))

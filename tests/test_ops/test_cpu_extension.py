@@ -62,7 +62,10 @@ def assert_grads_close(got_grads, want_grads):
     tolerance is relative to their largest value."""
     for name, got, want in zip(('input', 'weight', 'guide', 'bias'), got_grads, want_grads):
         atol = 1e-5 * want.abs().max().item() if name == 'weight' else None
-        torch.testing.assert_close(got, want, rtol=None if atol is None else 1.3e-6, atol=atol,
+        torch.testing.assert_close(got,
+                                   want,
+                                   rtol=None if atol is None else 1.3e-6,
+                                   atol=atol,
                                    msg=name)
 
 
@@ -122,9 +125,15 @@ def guides_with_ties(shape):
     guide = guide.mul(2).round()
     guide[0, -1, 0, 0] = float('nan')
     guide[-1, :, -1, -1] = float('nan')
-    return [guide, guide.bfloat16(), guide.half(), guide.double(),
-            guide.contiguous(memory_format=torch.channels_last), as_layout(guide, 'non_contiguous'),
-            guide.transpose(-1, -2).contiguous().transpose(-1, -2)]
+    return [
+        guide,
+        guide.bfloat16(),
+        guide.half(),
+        guide.double(),
+        guide.contiguous(memory_format=torch.channels_last),
+        as_layout(guide, 'non_contiguous'),
+        guide.transpose(-1, -2).contiguous().transpose(-1, -2)
+    ]
 
 
 @needs_extension
@@ -155,12 +164,10 @@ def test_half_matches_float32(shape, dtype):
     (x, weight, guide, bias), geo = random_args(shape, dtype)
     regions = region_products._regions(guide)
     grad_out = torch.randn(x.shape[0], weight.shape[2], *guide.shape[-2:]).to(dtype)
-    results = [
-        (cpu_extension.region_forward(x_, w_, regions, b_, *map(list, geo)),
-         *cpu_extension.region_backward(g_, x_, w_, regions, *map(list, geo), True, True))
-        for x_, w_, b_, g_ in ((x, weight, bias, grad_out),
-                               (x.float(), weight.float(), bias.float(), grad_out.float()))
-    ]
+    results = [(cpu_extension.region_forward(x_, w_, regions, b_, *map(list, geo)),
+                *cpu_extension.region_backward(g_, x_, w_, regions, *map(list, geo), True, True))
+               for x_, w_, b_, g_ in ((x, weight, bias, grad_out),
+                                      (x.float(), weight.float(), bias.float(), grad_out.float()))]
     for name, got, want in zip(('output', 'input', 'weight'), *results):
         assert got.dtype == dtype
         assert relative_error(got, want) < 1e-2, name
@@ -171,8 +178,7 @@ def test_only_needed_gradients():
     (x, weight, guide, bias), geo = random_args(SHAPES[0], torch.float64)
     regions = region_products._regions(guide)
     grad_out = torch.randn(x.shape[0], weight.shape[2], *guide.shape[-2:], dtype=x.dtype)
-    both = cpu_extension.region_backward(grad_out, x, weight, regions, *map(list, geo), True,
-                                         True)
+    both = cpu_extension.region_backward(grad_out, x, weight, regions, *map(list, geo), True, True)
     grad_input, grad_weight = cpu_extension.region_backward(grad_out, x, weight, regions,
                                                             *map(list, geo), True, False)
     assert grad_weight is None
@@ -197,9 +203,14 @@ def test_batch_zero():
 def error_args(**change):
     """Arguments of a valid call of every op (B=1, C=3, O=4, m=2, 2x4 input, 1x2 filters), with
     ``change`` applied; a ``*_device`` key puts that tensor on the meta device."""
-    args = dict(grad_output=torch.zeros(1, 4, 2, 3), input=torch.zeros(1, 3, 2, 4),
-                weight=torch.zeros(1, 2, 4, 3, 1, 2), regions=torch.zeros(1, 6, dtype=torch.long),
-                bias=torch.zeros(4), stride=[1, 1], padding=[0, 0], dilation=[1, 1])
+    args = dict(grad_output=torch.zeros(1, 4, 2, 3),
+                input=torch.zeros(1, 3, 2, 4),
+                weight=torch.zeros(1, 2, 4, 3, 1, 2),
+                regions=torch.zeros(1, 6, dtype=torch.long),
+                bias=torch.zeros(4),
+                stride=[1, 1],
+                padding=[0, 0],
+                dilation=[1, 1])
     for name, value in change.items():
         if name.endswith('_device'):
             name = name[:-len('_device')]
@@ -215,8 +226,8 @@ def call_op(name, args, redispatch_to_cpu=False):
     geo = (args['stride'], args['padding'], args['dilation'])
     operands = {
         'region_forward': (args['input'], args['weight'], args['regions'], args['bias'], *geo),
-        'region_backward': (args['grad_output'], args['input'], args['weight'], args['regions'],
-                            *geo, True, True),
+        'region_backward':
+        (args['grad_output'], args['input'], args['weight'], args['regions'], *geo, True, True),
         'guide_dots': (args['grad_output'], args['input'], args['weight'], *geo),
         'works_on_planes': (args['input'], args['weight'], *geo),
     }[name]
@@ -302,8 +313,12 @@ def test_op_errors(op, change, message):
                     reason='this torch has no OpOverload.redispatch to reach a CPU kernel with '
                     'tensors on another device')
 @pytest.mark.parametrize('op, tensor', [
-    ('region_forward', 'input'), ('region_forward', 'weight'), ('region_forward', 'regions'),
-    ('region_forward', 'bias'), ('region_backward', 'grad_output'), ('guide_dots', 'grad_output'),
+    ('region_forward', 'input'),
+    ('region_forward', 'weight'),
+    ('region_forward', 'regions'),
+    ('region_forward', 'bias'),
+    ('region_backward', 'grad_output'),
+    ('guide_dots', 'grad_output'),
     ('works_on_planes', 'weight'),
 ])
 def test_tensors_must_be_on_the_cpu(op, tensor):
@@ -385,9 +400,11 @@ def test_extension_whose_errors_do_not_raise_is_refused(monkeypatch):
     monkeypatch.setattr(cpu_extension, '_errors_raise', lambda path: 'its errors do not raise')
     (loaded, _), messages = load_with(monkeypatch, module=module)
     assert not loaded
-    assert messages == [f'the compiled DRConv CPU kernels ({cpu_extension.MODULE_NAME}) are not '
-                        f'used ({module.__file__}: its errors do not raise); the op runs its '
-                        'PyTorch kernels on CPU']
+    assert messages == [
+        f'the compiled DRConv CPU kernels ({cpu_extension.MODULE_NAME}) are not '
+        f'used ({module.__file__}: its errors do not raise); the op runs its '
+        'PyTorch kernels on CPU'
+    ]
 
 
 @pytest.mark.parametrize('error, builds', [(NOT_FOUND, ()),
@@ -462,9 +479,8 @@ def test_self_test_judges_builds(tmp_path):
 
 
 def pytorch_dots(x, weight, grad_out, geo):
-    return region_products.region_response_dots(x, weight, grad_out,
-                                                make_geometry(x.shape[-2:], weight.shape[-2:],
-                                                              *geo))
+    return region_products.region_response_dots(
+        x, weight, grad_out, make_geometry(x.shape[-2:], weight.shape[-2:], *geo))
 
 
 @needs_extension
@@ -540,8 +556,11 @@ def test_instruction_sets_match_pytorch_kernels(capability):
     kernels (ATEN_CPU_CAPABILITY caps the set)."""
     script = INSTRUCTION_SET_CHECK.format(tests=osp.dirname(__file__))
     env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
-    result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run([sys.executable, '-c', script],
+                            env=env,
+                            capture_output=True,
+                            text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
     chosen, status = result.stdout.split()
     assert status == 'ok'

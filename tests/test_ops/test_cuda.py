@@ -20,8 +20,9 @@ from drconv_mmdet.ops.implementations import default_kernels
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 
 # The PyTorch kernels' strategies (the compiled kernels are CPU kernels), and the Triton kernels.
-CUDA_STRATEGIES = [name for name, settings in STRATEGIES.items()
-                   if not settings.get('cpu_extension')] + ['triton']
+CUDA_STRATEGIES = [
+    name for name, settings in STRATEGIES.items() if not settings.get('cpu_extension')
+] + ['triton']
 
 
 def triton_runs() -> bool:
@@ -30,7 +31,8 @@ def triton_runs() -> bool:
 
 
 needs_triton = pytest.mark.skipif(
-    not triton_runs(), reason='the Triton kernels need triton and a GPU of compute capability '
+    not triton_runs(),
+    reason='the Triton kernels need triton and a GPU of compute capability '
     '8.0 or more')
 
 
@@ -47,8 +49,9 @@ def strategy(request, monkeypatch):
 
 
 def to_cuda(tensors, dtype=None):
-    return [t.detach().to('cuda', dtype).requires_grad_() if t is not None else None
-            for t in tensors]
+    return [
+        t.detach().to('cuda', dtype).requires_grad_() if t is not None else None for t in tensors
+    ]
 
 
 @pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
@@ -85,7 +88,12 @@ def test_layer_matches_cpu(generator, kernel, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
     torch.manual_seed(0)
-    layer = DRConv2d(6, 5, kernel, stride=(2, 1), padding=kernel // 2, region_num=4,
+    layer = DRConv2d(6,
+                     5,
+                     kernel,
+                     stride=(2, 1),
+                     padding=kernel // 2,
+                     region_num=4,
                      generator=generator)
     layer_cuda = copy.deepcopy(layer).cuda()
     x = torch.randn(3, 6, 11, 9)
@@ -98,7 +106,10 @@ def test_layer_matches_cpu(generator, kernel, monkeypatch):
     torch.testing.assert_close(outputs[1][0].cpu(), outputs[0][0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(outputs[1][1].cpu(), outputs[0][1], rtol=1e-4, atol=1e-4)
     for (name, param), param_cuda in zip(layer.named_parameters(), layer_cuda.parameters()):
-        torch.testing.assert_close(param_cuda.grad.cpu(), param.grad, rtol=1e-3, atol=1e-4,
+        torch.testing.assert_close(param_cuda.grad.cpu(),
+                                   param.grad,
+                                   rtol=1e-3,
+                                   atol=1e-4,
                                    msg=name)
 
 
@@ -157,10 +168,8 @@ def test_compile_inductor_on_cuda():
         out.square().sum().backward()
         outputs.append(out)
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-3, atol=1e-3)
-    for (name, param), compiled_param in zip(model.named_parameters(),
-                                             compiled_model.parameters()):
-        torch.testing.assert_close(compiled_param.grad, param.grad, rtol=1e-3, atol=1e-3,
-                                   msg=name)
+    for (name, param), compiled_param in zip(model.named_parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(compiled_param.grad, param.grad, rtol=1e-3, atol=1e-3, msg=name)
 
 
 def host_syncs(fn):
@@ -203,8 +212,13 @@ def test_pytorch_kernels_sync_once_per_call(geometry, monkeypatch):
         assert op_syncs(1, geometry)[0] == op_syncs(5, geometry)[0] == ours
 
 
-def triton_case(dtype=torch.float32, batch=2, channels=24, out_channels=40, size=(13, 10),
-                num_regions=4, geometry=((3, 3), (1, 1), (1, 1), (1, 1))):
+def triton_case(dtype=torch.float32,
+                batch=2,
+                channels=24,
+                out_channels=40,
+                size=(13, 10),
+                num_regions=4,
+                geometry=((3, 3), (1, 1), (1, 1), (1, 1))):
     """CUDA leaves (input, weight, guide, bias), geometry arguments and an output gradient."""
     kernel, stride, padding, dilation = geometry
     gen = torch.Generator().manual_seed(0)
@@ -215,8 +229,10 @@ def triton_case(dtype=torch.float32, batch=2, channels=24, out_channels=40, size
     guide = torch.randn(batch, num_regions, *out_size, generator=gen)
     bias = torch.randn(out_channels, generator=gen)
     grad_out = torch.randn(batch, out_channels, *out_size, generator=gen)
-    leaves = [t.to('cuda', dtype if t is not guide else None).requires_grad_()
-              for t in (x, weight, guide, bias)]
+    leaves = [
+        t.to('cuda', dtype if t is not guide else None).requires_grad_()
+        for t in (x, weight, guide, bias)
+    ]
     return leaves, (stride, padding, dilation), grad_out.to('cuda', dtype)
 
 
@@ -249,7 +265,9 @@ def test_triton_matches_pytorch_kernels(monkeypatch):
     PyTorch kernels in float32 without TF32."""
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
     monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
-    leaves, geo, grad_out = triton_case(channels=96, out_channels=80, size=(29, 21),
+    leaves, geo, grad_out = triton_case(channels=96,
+                                        out_channels=80,
+                                        size=(29, 21),
                                         num_regions=8,
                                         geometry=((3, 3), (2, 1), (2, 1), (2, 1)))
     results = []

@@ -50,8 +50,8 @@ def test_memory_layouts(layout, geometry):
     expected = dr_conv2d(x, weight, guide, bias, *geo)
     torch.testing.assert_close(out, expected)
     # Like nn.Conv2d: channels_last in, channels_last out; anything else gives a contiguous output.
-    assert out.is_contiguous(memory_format=torch.channels_last if layout == 'channels_last' else
-                             torch.contiguous_format)
+    assert out.is_contiguous(
+        memory_format=torch.channels_last if layout == 'channels_last' else torch.contiguous_format)
     grad_out = torch.randn_like(expected)
     for got, want in zip(grads(out, (x_l, weight_l, guide_l), grad_out),
                          grads(expected, (x, weight, guide), grad_out)):
@@ -66,10 +66,10 @@ def test_ties_pick_the_first_region():
     expected, _ = loop_dr_conv2d(x, weight, guide, None, *geo)
     torch.testing.assert_close(out, expected)
     for b in range(2):
-        torch.testing.assert_close(out[b, :, :3], F.conv2d(x[b:b + 1], weight[b, 2],
-                                                           padding=1)[0, :, :3])
-        torch.testing.assert_close(out[b, :, 3:], F.conv2d(x[b:b + 1], weight[b, 0],
-                                                           padding=1)[0, :, 3:])
+        torch.testing.assert_close(out[b, :, :3],
+                                   F.conv2d(x[b:b + 1], weight[b, 2], padding=1)[0, :, :3])
+        torch.testing.assert_close(out[b, :, 3:],
+                                   F.conv2d(x[b:b + 1], weight[b, 0], padding=1)[0, :, 3:])
 
 
 def test_regions_without_pixels():
@@ -104,12 +104,16 @@ def test_guide_grad_is_the_surrogate_gradient(geometry):
     out = dr_conv2d(x, weight, guide, bias, stride, padding, dilation)
     grad_out = torch.randn_like(out)
     (got, ) = torch.autograd.grad(out, guide, grad_out)
-    responses = torch.stack([
-        torch.cat([
-            F.conv2d(x[b:b + 1], weight[b, j], stride=stride, padding=padding, dilation=dilation)
-            for b in range(x.shape[0])
-        ]) for j in range(weight.shape[1])
-    ], dim=1)
+    responses = torch.stack(
+        [
+            torch.cat([
+                F.conv2d(
+                    x[b:b + 1], weight[b, j], stride=stride, padding=padding, dilation=dilation)
+                for b in range(x.shape[0])
+            ]) for j in range(weight.shape[1])
+        ],
+        dim=1,
+    )
     surrogate = (torch.softmax(guide, dim=1).unsqueeze(2) * responses).sum(dim=1)
     (want, ) = torch.autograd.grad(surrogate, guide, grad_out)
     torch.testing.assert_close(got, want)
@@ -131,7 +135,9 @@ def test_reference_agrees_with_op(geometry):
 def test_float32_matches_float64():
     args64 = make_args(2, 4, GEOMETRIES[2])
     args32 = [t.float() if isinstance(t, torch.Tensor) else t for t in args64]
-    torch.testing.assert_close(dr_conv2d(*args32).double(), dr_conv2d(*args64), rtol=1e-5,
+    torch.testing.assert_close(dr_conv2d(*args32).double(),
+                               dr_conv2d(*args64),
+                               rtol=1e-5,
                                atol=1e-5)
 
 
@@ -165,8 +171,9 @@ def test_autocast_keeps_the_guide_dtype():
         out = dr_conv2d(x, weight, guide, None, *geo)
     expected = torch.cat([F.conv2d(x[b:b + 1], weight[b, 1], padding=1) for b in range(2)])
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.1)
-    assert (out.float() - expected).abs().max() < (out.float() - torch.cat(
-        [F.conv2d(x[b:b + 1], weight[b, 0], padding=1) for b in range(2)])).abs().max()
+    assert (out.float() - expected).abs().max() < (
+        out.float() - torch.cat([F.conv2d(x[b:b + 1], weight[b, 0], padding=1)
+                                 for b in range(2)])).abs().max()
 
 
 def test_reference_casts_like_the_op_under_autocast():
@@ -187,7 +194,8 @@ def test_autocast_leaves_float64_alone():
     torch.testing.assert_close(out, dr_conv2d(*args))
     x, weight, guide, bias, *geo = args
     with torch.autocast('cpu', dtype=torch.bfloat16), pytest.raises(
-            ValueError, match=r'weight must have the dtype of input \(torch.float64\), but got '
+            ValueError,
+            match=r'weight must have the dtype of input \(torch.float64\), but got '
             r'torch.bfloat16'):
         dr_conv2d(x, weight.float(), guide, bias, *geo)
 
@@ -202,15 +210,23 @@ def test_cuda_autocast(dtype):
     with torch.autocast('cuda', dtype=dtype):
         out = dr_conv2d(x, weight.to(dtype), guide, bias, *geo)
     assert out.dtype == dtype
-    torch.testing.assert_close(out.float(), dr_conv2d(x, weight, guide, bias, *geo), rtol=0.05,
+    torch.testing.assert_close(out.float(),
+                               dr_conv2d(x, weight, guide, bias, *geo),
+                               rtol=0.05,
                                atol=0.1)
 
 
 def _valid():
-    return dict(input=torch.randn(2, 3, 5, 4), weight=torch.randn(2, 4, 6, 3, 3, 3),
-                guide=torch.randn(2, 4, 5, 4), bias=None, stride=1, padding=1, dilation=1)
+    return dict(input=torch.randn(2, 3, 5, 4),
+                weight=torch.randn(2, 4, 6, 3, 3, 3),
+                guide=torch.randn(2, 4, 5, 4),
+                bias=None,
+                stride=1,
+                padding=1,
+                dilation=1)
 
 
+# yapf: disable
 @pytest.mark.parametrize('change, message', [
     (dict(input=torch.randn(3, 5, 4)),
      r'input must be 4-D \(B, C, H, W\), but got shape \(3, 5, 4\)'),
@@ -245,6 +261,7 @@ def _valid():
     (dict(guide=torch.randn(2, 4, 4, 4)),
      r'guide must have shape \(B, m, Ho, Wo\) = \(2, 4, 5, 4\)'),
 ])
+# yapf: enable
 def test_errors(change, message):
     args = {**_valid(), **change}
     with pytest.raises(ValueError, match=message):
@@ -263,7 +280,8 @@ def test_numpy_ints_are_sizes():
 
 @pytest.mark.parametrize('value', [True, np.float32(1.0), '11', (1, 1.5), np.bool_(True)])
 def test_as_pair_rejects_non_ints(value):
-    with pytest.raises(ValueError, match=r'^kernel_size must be an int or a pair of ints >= 1, '
+    with pytest.raises(ValueError,
+                       match=r'^kernel_size must be an int or a pair of ints >= 1, '
                        r'but got '):
         as_pair(value, 'kernel_size', 1)
 
@@ -290,8 +308,8 @@ def test_both_paths_match_loop(op_path, geometry, layout):
     grad_out = torch.randn_like(out)
     got = torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
     want_x, want_w = torch.autograd.grad(expected, (x, weight), grad_out)
-    for g, want in zip(got, (want_x, want_w, loop_guide_grad(guide.detach(), responses, grad_out),
-                             grad_out.sum(dim=(0, 2, 3)))):
+    for g, want in zip(got, (want_x, want_w, loop_guide_grad(
+            guide.detach(), responses, grad_out), grad_out.sum(dim=(0, 2, 3)))):
         torch.testing.assert_close(g, want)
     # Only the gradients asked for: guide and bias alone, then input alone.
     got_guide, got_bias = torch.autograd.grad(out, (guide, bias), grad_out, retain_graph=True)
@@ -303,8 +321,7 @@ def test_both_paths_match_loop(op_path, geometry, layout):
 def test_both_paths_gradcheck(op_path):
     x, weight, guide, bias, *geo = make_args(2, 3, GEOMETRIES[4])
     leaves = [t.requires_grad_() for t in (x, weight, bias)]
-    assert gradcheck(lambda x_, w_, b_: dr_conv2d(x_, w_, guide, b_, *geo), leaves,
-                     fast_mode=True)
+    assert gradcheck(lambda x_, w_, b_: dr_conv2d(x_, w_, guide, b_, *geo), leaves, fast_mode=True)
 
 
 def test_jit_trace_records_one_op(op_path):
@@ -340,7 +357,8 @@ def test_double_backward_is_refused(op_path):
 
 
 def test_use_kernels_rejects_unknown_names():
-    with pytest.raises(ValueError, match=r"^implementation must be None or one of \('pytorch', "
+    with pytest.raises(ValueError,
+                       match=r"^implementation must be None or one of \('pytorch', "
                        r"'compiled', 'triton'\), but got 'cudnn'$"):
         with use_kernels('cudnn'):
             pass
@@ -348,7 +366,8 @@ def test_use_kernels_rejects_unknown_names():
 
 def test_compiled_kernels_take_cpu_tensors_only():
     with use_kernels('compiled'), pytest.raises(
-            ValueError, match=r'^the compiled kernels take CPU tensors where they are built '
+            ValueError,
+            match=r'^the compiled kernels take CPU tensors where they are built '
             r'\(built: (True|False)\), but got a tensor on meta$'):
         kernels_for(torch.empty(0, device='meta'))
 

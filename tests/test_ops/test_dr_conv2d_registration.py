@@ -18,9 +18,12 @@ pytestmark = pytest.mark.skipif(
 def _op_args(channels_last=False, with_bias=True, requires_grad=True, dtype=torch.float32):
     """The registered op's arguments, its geometry as the int lists of its schema."""
     # 3x2 kernel, stride (2, 1), padding (1, 0), dilation (1, 2) on a 7x9 input: 4x7 output.
-    x, weight, guide, bias, *geometry = make_args(
-        2, 4, ((3, 2), (2, 1), (1, 0), (1, 2)), dtype, with_bias=with_bias, out_channels=5,
-        size=(7, 9))
+    x, weight, guide, bias, *geometry = make_args(2,
+                                                  4, ((3, 2), (2, 1), (1, 0), (1, 2)),
+                                                  dtype,
+                                                  with_bias=with_bias,
+                                                  out_channels=5,
+                                                  size=(7, 9))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
         guide = guide.contiguous(memory_format=torch.channels_last)
@@ -73,7 +76,8 @@ def _compiled_matches_eager(backend, sizes, dynamic=None, autocast_dtype=None):
         outputs = []
         for module in (model, compiled):
             module.zero_grad()
-            with torch.autocast('cpu', dtype=autocast_dtype or torch.bfloat16,
+            with torch.autocast('cpu',
+                                dtype=autocast_dtype or torch.bfloat16,
                                 enabled=autocast_dtype is not None):
                 out = module(x)
             out.float().square().sum().backward()

@@ -51,8 +51,7 @@ def test_strategies_batch_zero(strategy):
 def test_strategies_gradcheck(strategy):
     x, weight, guide, bias, *geo = skewed_args(2, GEOMETRIES[4])
     leaves = [t.requires_grad_() for t in (x, weight, bias)]
-    assert gradcheck(lambda x_, w_, b_: dr_conv2d(x_, w_, guide, b_, *geo), leaves,
-                     fast_mode=True)
+    assert gradcheck(lambda x_, w_, b_: dr_conv2d(x_, w_, guide, b_, *geo), leaves, fast_mode=True)
 
 
 def test_length_classes():
@@ -77,12 +76,13 @@ def test_bands():
     assert list(region_products._bands(4, 2, 4, 24)) == [(slice(0, 3), slice(0, 2)),
                                                          (slice(3, 4), slice(0, 2))]
     # Groups of 8 rows do not fit: pieces of one group.
-    assert list(region_products._bands(2, 8, 4, 24)) == [
-        (slice(0, 1), slice(0, 6)), (slice(0, 1), slice(6, 8)),
-        (slice(1, 2), slice(0, 6)), (slice(1, 2), slice(6, 8))]
+    assert list(region_products._bands(2, 8, 4, 24)) == [(slice(0, 1), slice(0, 6)),
+                                                         (slice(0, 1), slice(6, 8)),
+                                                         (slice(1, 2), slice(0, 6)),
+                                                         (slice(1, 2), slice(6, 8))]
     # At most 2 groups per band, though 3 fit.
-    assert list(region_products._bands(4, 2, 4, 24, max_groups=2)) == [
-        (slice(0, 2), slice(0, 2)), (slice(2, 4), slice(0, 2))]
+    assert list(region_products._bands(4, 2, 4, 24, max_groups=2)) == [(slice(0, 2), slice(0, 2)),
+                                                                       (slice(2, 4), slice(0, 2))]
     # Rows wider than a band still go one at a time.
     assert list(region_products._bands(1, 2, 100, 24)) == [(slice(0, 1), slice(0, 1)),
                                                            (slice(0, 1), slice(1, 2))]
@@ -90,8 +90,8 @@ def test_bands():
 
 def test_band_values_of_a_device_type_without_its_own():
     assert 'meta' not in region_products.BAND_VALUES
-    assert region_products._band_values(torch.device('meta')) == (
-        region_products.DEFAULT_BAND_VALUES)
+    assert region_products._band_values(
+        torch.device('meta')) == (region_products.DEFAULT_BAND_VALUES)
 
 
 def _cpu_bmm_supports(dtype: torch.dtype) -> bool:
@@ -106,9 +106,10 @@ def _cpu_bmm_supports(dtype: torch.dtype) -> bool:
 # on GPUs only.
 HALF_DTYPES = [
     torch.bfloat16,
-    pytest.param(torch.float16, marks=pytest.mark.skipif(
-        not _cpu_bmm_supports(torch.float16),
-        reason=f'torch {torch.__version__} has no float16 bmm on CPU'))
+    pytest.param(torch.float16,
+                 marks=pytest.mark.skipif(
+                     not _cpu_bmm_supports(torch.float16),
+                     reason=f'torch {torch.__version__} has no float16 bmm on CPU'))
 ]
 
 
@@ -130,10 +131,12 @@ def test_half_gradients_match_float32(dtype, band_values, key_order, monkeypatch
     args32 = {k: v.requires_grad_() for k, v in args32.items()}
     grad_out = torch.randn((2, 8, 12, 10), generator=gen).to(dtype)
     with use_kernels('pytorch'):
-        out32 = dr_conv2d(args32['x'], args32['weight'], args32['guide'], args32['bias'],
-                          padding=1)
-        out_half = dr_conv2d(args_half['x'], args_half['weight'], args_half['guide'],
-                             args_half['bias'], padding=1)
+        out32 = dr_conv2d(args32['x'], args32['weight'], args32['guide'], args32['bias'], padding=1)
+        out_half = dr_conv2d(args_half['x'],
+                             args_half['weight'],
+                             args_half['guide'],
+                             args_half['bias'],
+                             padding=1)
         grads_half = torch.autograd.grad(out_half, list(args_half.values()), grad_out)
         grads32 = torch.autograd.grad(out32, list(args32.values()), grad_out.float())
     assert out_half.dtype == dtype
@@ -147,8 +150,7 @@ def test_padding_follows_the_call_cost(monkeypatch):
     regions = torch.tensor([[0, 0, 0, 1], [1, 1, 0, 2]])  # groups of 3, 1, 0 and 1, 2, 1 pixels
     monkeypatch.setitem(region_products.PRODUCT_CALL_MACS, 'cpu', 0)
     exact = region_products._LengthClasses(regions, 3, 4, 5, in_key_order=False)
-    assert [(groups, length) for _, groups, length, _ in exact.classes] == [(1, 3), (1, 2),
-                                                                            (3, 1)]
+    assert [(groups, length) for _, groups, length, _ in exact.classes] == [(1, 3), (1, 2), (3, 1)]
     assert exact.num_rows == 8  # no padding
     monkeypatch.setitem(region_products.PRODUCT_CALL_MACS, 'cpu', 1 << 62)
     padded = region_products._LengthClasses(regions, 3, 4, 5, in_key_order=False)

@@ -31,10 +31,9 @@ def triton_version():
 # torch < 2.4 pins triton 2 on CUDA, which the kernels do not support.
 TRITON_VERSION = triton_version()
 pytestmark = [
-    pytest.mark.skipif(
-        TRITON_VERSION is None
-        and not (platform.system() == 'Linux' and platform.machine() == 'x86_64'),
-        reason=f'triton has no wheels for {platform.system()} {platform.machine()}'),
+    pytest.mark.skipif(TRITON_VERSION is None
+                       and not (platform.system() == 'Linux' and platform.machine() == 'x86_64'),
+                       reason=f'triton has no wheels for {platform.system()} {platform.machine()}'),
     pytest.mark.skipif(
         TRITON_VERSION is not None and int(TRITON_VERSION.split('.')[0]) < 3,
         reason=f'the Triton kernels need triton >= 3.0, torch {torch.__version__} comes with '
@@ -68,15 +67,23 @@ def on_device(tensors, dtype=None):
     ]
 
 
-def triton_call(x, weight, guide, bias, geo_args, grad_out, dtype=torch.float32,
+def triton_call(x,
+                weight,
+                guide,
+                bias,
+                geo_args,
+                grad_out,
+                dtype=torch.float32,
                 layout='contiguous'):
     """The op's output and gradients for (x, weight, guide, bias) on the Triton kernels, on
     DEVICE in ``dtype`` (the guide in float32 under half types too, as under autocast)."""
     x, weight, bias = on_device((x, weight, bias), dtype)
     guide, grad_out = on_device((guide, grad_out), torch.float32)
     grad_out = grad_out.to(x.dtype)
-    leaves = [t.requires_grad_() for t in (LAYOUTS[layout](x), weight, LAYOUTS[layout](guide),
-                                           bias) if t is not None]
+    leaves = [
+        t.requires_grad_() for t in (LAYOUTS[layout](x), weight, LAYOUTS[layout](guide), bias)
+        if t is not None
+    ]
     with use_kernels('triton'):
         out = dr_conv2d(leaves[0], leaves[1], leaves[2], None if bias is None else leaves[3],
                         *geo_args)
@@ -87,16 +94,20 @@ def triton_call(x, weight, guide, bias, geo_args, grad_out, dtype=torch.float32,
 def loop_case(batch, num_regions, geometry, channels, out_channels, seed=0):
     """Arguments in float64, the loop definition's output, an output gradient, and the loop's
     gradients for (input, weight, guide, bias)."""
-    x, weight, guide, bias, stride, padding, dilation = make_args(
-        batch, num_regions, geometry, seed=seed, channels=channels, out_channels=out_channels)
+    x, weight, guide, bias, stride, padding, dilation = make_args(batch,
+                                                                  num_regions,
+                                                                  geometry,
+                                                                  seed=seed,
+                                                                  channels=channels,
+                                                                  out_channels=out_channels)
     gen = torch.Generator().manual_seed(seed + 1)
     x.requires_grad_()
     weight.requires_grad_()
     expected, responses = loop_dr_conv2d(x, weight, guide, bias, stride, padding, dilation)
     grad_out = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
     want_x, want_w = torch.autograd.grad(expected, (x, weight), grad_out)
-    wanted = (want_x, want_w, loop_guide_grad(guide, responses, grad_out),
-              grad_out.sum(dim=(0, 2, 3)))
+    wanted = (want_x, want_w, loop_guide_grad(guide, responses,
+                                              grad_out), grad_out.sum(dim=(0, 2, 3)))
     args = (x.detach(), weight.detach(), guide, bias, (stride, padding, dilation))
     return args, expected.detach(), grad_out, wanted
 
@@ -105,8 +116,8 @@ def check_case(case, dtype=torch.float32, layout='contiguous'):
     (x, weight, guide, bias, geo_args), expected, grad_out, wanted = case
     out, got = triton_call(x, weight, guide, bias, geo_args, grad_out, dtype, layout)
     assert out.dtype == dtype and out.device.type == DEVICE
-    assert out.is_contiguous(memory_format=torch.channels_last if layout == 'channels_last' else
-                             torch.contiguous_format)
+    assert out.is_contiguous(
+        memory_format=torch.channels_last if layout == 'channels_last' else torch.contiguous_format)
     tolerance = TOLERANCES[dtype]
     torch.testing.assert_close(out.cpu().double(), expected, **tolerance)
     for name, g, want in zip(('input', 'weight', 'guide', 'bias'), got, wanted):
@@ -147,15 +158,18 @@ def test_half_types(dtype):
 def test_gradients_asked_for_alone():
     """Each gradient computed alone equals the loop's (the input's alone takes the pixels' own
     regions only); the expanded output gradient of a sum is read through its strides."""
-    (x, weight, guide, bias, geo_args), _, grad_out, wanted = loop_case(2, 4, GEOMETRIES[4], 3,
-                                                                        4)
+    (x, weight, guide, bias, geo_args), _, grad_out, wanted = loop_case(2, 4, GEOMETRIES[4], 3, 4)
     leaves = [t.requires_grad_() for t in on_device((x, weight, guide, bias), torch.float32)]
     with use_kernels('triton'):
         out = dr_conv2d(*leaves, *geo_args)
         for name, leaf, want in zip(('input', 'weight', 'guide', 'bias'), leaves, wanted):
-            (got, ) = torch.autograd.grad(out, leaf, grad_out.to(DEVICE, torch.float32),
+            (got, ) = torch.autograd.grad(out,
+                                          leaf,
+                                          grad_out.to(DEVICE, torch.float32),
                                           retain_graph=True)
-            torch.testing.assert_close(got.cpu().double(), want, **TOLERANCES[torch.float32],
+            torch.testing.assert_close(got.cpu().double(),
+                                       want,
+                                       **TOLERANCES[torch.float32],
                                        msg=name)
         for got, want in zip(torch.autograd.grad(out.sum(), leaves, retain_graph=True),
                              torch.autograd.grad(out, leaves, torch.ones_like(out))):
@@ -257,8 +271,8 @@ def test_batch_zero():
     out, got = triton_call(x[:0], weight[:0], guide[:0], bias, geo_args,
                            torch.zeros(0, 4, *guide.shape[-2:]), torch.float32)
     assert out.shape == (0, 4, *guide.shape[-2:])
-    assert [g.shape for g in got] == [(0, 3, 7, 6), (0, *weight.shape[1:]),
-                                      (0, *guide.shape[1:]), (4, )]
+    assert [g.shape for g in got] == [(0, 3, 7, 6), (0, *weight.shape[1:]), (0, *guide.shape[1:]),
+                                      (4, )]
     assert not got[3].any()
 
 
@@ -294,10 +308,11 @@ def test_cpu_tensors_need_the_interpreter(kernels):
     if DEVICE == 'cuda':
         pytest.skip('the kernels are compiled for CUDA here')
     x = torch.randn(1, 3, 4, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r'the Triton kernels take torch.float32, torch.float16, '
+    with pytest.raises(ValueError,
+                       match=r'the Triton kernels take torch.float32, torch.float16, '
                        r'torch.bfloat16 CPU tensors in the interpreter, but got torch.float64'):
-        kernels.region_conv_forward(x, x.new_ones(1, 1, 2, 3, 1, 1), x.new_ones(1, 1, 4, 4),
-                                    None, make_geometry((4, 4), (1, 1), (1, 1), (0, 0), (1, 1)),
+        kernels.region_conv_forward(x, x.new_ones(1, 1, 2, 3, 1, 1), x.new_ones(1, 1, 4, 4), None,
+                                    make_geometry((4, 4), (1, 1), (1, 1), (0, 0), (1, 1)),
                                     torch.contiguous_format)
     with use_kernels('triton'), pytest.raises(ValueError, match=r'do not run torch.float64'):
         dr_conv2d(x, x.new_ones(1, 1, 2, 3, 1, 1), x.new_ones(1, 1, 4, 4))

@@ -18,8 +18,10 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SOURCE = ['setup.py', 'setup.cfg', 'pyproject.toml', 'MANIFEST.in', 'README.md', 'requirements',
-          'drconv_mmdet', 'configs', 'tools', 'model-index.yml']
+SOURCE = [
+    'setup.py', 'setup.cfg', 'pyproject.toml', 'MANIFEST.in', 'README.md', 'requirements',
+    'drconv_mmdet', 'configs', 'tools', 'model-index.yml'
+]
 NO_COMPILER = dict(CC='false', CXX='false')
 # Imports the installed package and runs the op twice on CPU: one warning.
 USE = '''
@@ -61,8 +63,11 @@ def source(tmp_path: Path) -> Path:
 
 def environment(**variables: str) -> Dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key != 'PYTHONPATH'}
-    env.update({'DRCONV_REQUIRE_CPU_KERNELS': '0', 'PIP_DISABLE_PIP_VERSION_CHECK': '1',
-                **variables})
+    env.update({
+        'DRCONV_REQUIRE_CPU_KERNELS': '0',
+        'PIP_DISABLE_PIP_VERSION_CHECK': '1',
+        **variables
+    })
     return env
 
 
@@ -71,14 +76,22 @@ def pip_install(args: List[str], env: Dict[str, str], cwd: Path) -> subprocess.C
     # from this environment, where the other tests and tools run it.
     return subprocess.run(
         [sys.executable, '-m', 'pip', 'install', '--no-deps', '--ignore-installed', *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600)
 
 
 def use(path: Path, cwd: Path, **variables: str) -> subprocess.CompletedProcess:
     """Runs USE with ``path`` first on the path, away from the repository."""
     env = environment(PYTHONPATH=str(path), **variables)
-    return subprocess.run([sys.executable, '-c', USE], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, '-c', USE],
+                          env=env,
+                          cwd=cwd,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
 
 
 def assert_pure_python(path: Path, cwd: Path) -> None:
@@ -114,8 +127,10 @@ def test_regular_install_without_compiler(source, tmp_path, isolation):
 
 
 def test_editable_install_without_compiler(source, tmp_path):
-    result = pip_install(['--no-build-isolation', '--prefix', str(tmp_path / 'prefix'), '-e',
-                          str(source)], environment(**NO_COMPILER), tmp_path)
+    result = pip_install(
+        ['--no-build-isolation', '--prefix',
+         str(tmp_path / 'prefix'), '-e',
+         str(source)], environment(**NO_COMPILER), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_pure_python(source, tmp_path)
 
@@ -123,13 +138,14 @@ def test_editable_install_without_compiler(source, tmp_path):
 @pytest.mark.parametrize('editable', [False, True])
 def test_install_of_uncompilable_kernels(source, tmp_path, editable):
     break_kernels(source)
-    args = (['--prefix', str(tmp_path / 'prefix'), '-e'] if editable else
-            ['--target', str(tmp_path / 'target')])
+    args = (['--prefix', str(tmp_path / 'prefix'), '-e']
+            if editable else ['--target', str(tmp_path / 'target')])
     result = pip_install(['--no-build-isolation', *args, str(source)], environment(), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_pure_python(source if editable else tmp_path / 'target', tmp_path)
 
 
+# yapf: disable
 @pytest.mark.parametrize('route, variables, message', [
     (['--no-build-isolation'], NO_COMPILER,
      "DRCONV_REQUIRE_CPU_KERNELS=1, but the compiled CPU kernels did not build: Command '['false'"),
@@ -138,9 +154,11 @@ def test_install_of_uncompilable_kernels(source, tmp_path, editable):
     (['--no-build-isolation'], {},
      'DRCONV_REQUIRE_CPU_KERNELS=1, but the compiled CPU kernels did not build'),
 ])
+# yapf: enable
 def test_required_kernels_fail_the_install(source, tmp_path, route, variables, message):
     break_kernels(source)
-    result = pip_install([*route, '--target', str(tmp_path / 'target'), str(source)],
-                         environment(DRCONV_REQUIRE_CPU_KERNELS='1', **variables), tmp_path)
+    result = pip_install(
+        [*route, '--target', str(tmp_path / 'target'),
+         str(source)], environment(DRCONV_REQUIRE_CPU_KERNELS='1', **variables), tmp_path)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr

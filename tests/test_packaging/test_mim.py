@@ -34,7 +34,12 @@ def test_mim_train_then_test(where, toy_coco_root, tmp_path):
     cwd = REPO_ROOT if where == 'repo_root' else tmp_path
     work_dir = tmp_path / 'work'
     options = tiny_run_options(toy_coco_root, max_iters=2, checkpoint_interval=2)
-    train = _mim('train', 'drconv_mmdet', DEMO_DRFPN_CONFIG, '--work-dir', str(work_dir), *options,
+    train = _mim('train',
+                 'drconv_mmdet',
+                 DEMO_DRFPN_CONFIG,
+                 '--work-dir',
+                 str(work_dir),
+                 *options,
                  cwd=cwd)
     # mim runs the copy of tools/train.py that the install put in the package.
     assert os.path.join('drconv_mmdet', '.mim', 'tools', 'train.py') in train.stdout
@@ -42,8 +47,15 @@ def test_mim_train_then_test(where, toy_coco_root, tmp_path):
     assert checkpoint.is_file()
 
     test_dir = tmp_path / 'test'
-    _mim('test', 'drconv_mmdet', DEMO_DRFPN_CONFIG, '--checkpoint', str(checkpoint), '--work-dir',
-         str(test_dir), *options, cwd=cwd)
+    _mim('test',
+         'drconv_mmdet',
+         DEMO_DRFPN_CONFIG,
+         '--checkpoint',
+         str(checkpoint),
+         '--work-dir',
+         str(test_dir),
+         *options,
+         cwd=cwd)
     (metrics_file, ) = glob.glob(str(test_dir / '*' / '*.json'))
     with open(metrics_file) as f:
         metrics = json.load(f)

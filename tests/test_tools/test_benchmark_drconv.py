@@ -9,8 +9,10 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOL = str(REPO_ROOT / 'tools/analysis_tools/benchmark_drconv.py')
-TINY = ['--batch', '2', '--channels', '4', '--out-channels', '3', '--sizes', '7x5', '--kernels',
-        '3', '--regions', '2', '--repeat', '1', '--threads', '1']
+TINY = [
+    '--batch', '2', '--channels', '4', '--out-channels', '3', '--sizes', '7x5', '--kernels', '3',
+    '--regions', '2', '--repeat', '1', '--threads', '1'
+]
 
 
 @pytest.fixture(scope='module')
@@ -21,8 +23,8 @@ def tool():
 @pytest.mark.parametrize('amp', [None, 'bf16'])
 def test_op_and_layer_tables(tool, tmp_path, capsys, amp):
     out = tmp_path / 'bench.md'
-    tool['main'](TINY + ['--parts', 'op', 'layer', '--out', str(out)] +
-                 (['--amp', amp] if amp else []))
+    tool['main'](TINY +
+                 ['--parts', 'op', 'layer', '--out', str(out)] + (['--amp', amp] if amp else []))
     text = out.read_text()
     assert text.strip() in capsys.readouterr().out
     assert ('autocast bf16' if amp else 'float32') in text.splitlines()[0]
@@ -38,17 +40,18 @@ def test_op_and_layer_tables(tool, tmp_path, capsys, amp):
 @pytest.mark.slow
 def test_memory_column(tool, capsys):
     tool['main'](TINY + ['--parts', 'op', '--memory'])
-    header = [line for line in capsys.readouterr().out.splitlines()
-              if line.startswith('| B |')][0]
+    header = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| B |')][0]
     assert header.endswith('conv2d peak MB | op peak MB | reference peak MB |')
 
 
+# yapf: disable
 @pytest.mark.parametrize('argv,message', [
     (['--batch', '0'], r'--batch must be >= 1, but got 0'),
     (['--sizes', '7by5'], r"--sizes must look like 100x168, but got \['7by5'\]"),
     (['--timer', 'cpu', '--device', 'cuda'],
      r'--timer cpu times CPU work only, but got --device cuda'),
 ])
+# yapf: enable
 def test_bad_arguments(tool, argv, message):
     with pytest.raises(ValueError, match=message):
         tool['parse_args'](argv)
@@ -56,7 +59,8 @@ def test_bad_arguments(tool, argv, message):
 
 def test_cuda_without_a_device(tool, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    with pytest.raises(ValueError, match=r'--device cuda needs a CUDA device, but '
+    with pytest.raises(ValueError,
+                       match=r'--device cuda needs a CUDA device, but '
                        r'torch.cuda.is_available\(\) is False'):
         tool['parse_args'](['--device', 'cuda'])
 
@@ -72,10 +76,9 @@ def test_implementation_choice(tool, capsys):
     assert 'PyTorch CPU kernels' in capsys.readouterr().out
 
 
-@pytest.mark.skipif(
-    not (platform.system() == 'Linux' and platform.machine() == 'x86_64')
-    and importlib.util.find_spec('triton') is None,
-    reason=f'triton has no wheels for {platform.system()} {platform.machine()}')
+@pytest.mark.skipif(not (platform.system() == 'Linux' and platform.machine() == 'x86_64')
+                    and importlib.util.find_spec('triton') is None,
+                    reason=f'triton has no wheels for {platform.system()} {platform.machine()}')
 @pytest.mark.skipif(
     importlib.util.find_spec('triton') is not None
     and int(importlib.metadata.version('triton').split('.')[0]) < 3,

@@ -58,7 +58,8 @@ def test_backbone_only(get_flops, capsys):
 
 @pytest.mark.parametrize('shape', [['0', '5'], ['4', '4', '4']])
 def test_bad_shape(get_flops, shape):
-    with pytest.raises(ValueError, match=r'--shape must be one or two positive ints \(S or H W\), '
+    with pytest.raises(ValueError,
+                       match=r'--shape must be one or two positive ints \(S or H W\), '
                        rf'but got \[{", ".join(shape)}\]'):
         get_flops([DEMO_CONFIG, '--shape', *shape])
 

@@ -48,8 +48,8 @@ def plain_checkpoint(toy_coco_root, tmp_path_factory):
 def _test(config, checkpoint, data_root, work_dir, *options):
     """COCO metrics and predictions of tools/test.py."""
     out = str(work_dir / 'predictions.pkl')
-    result = run_tool(PY, 'tools/test.py', config, checkpoint, '--work-dir', str(work_dir),
-                      '--out', out, *tiny_run_options(data_root), *options)
+    result = run_tool(PY, 'tools/test.py', config, checkpoint, '--work-dir', str(work_dir), '--out',
+                      out, *tiny_run_options(data_root), *options)
     _assert_ok(result)
     (metrics_file, ) = glob.glob(str(work_dir / '*' / '*.json'))
     with open(metrics_file) as f:
@@ -59,8 +59,8 @@ def _test(config, checkpoint, data_root, work_dir, *options):
 
 
 @pytest.mark.slow
-def test_converted_detector_predicts_as_the_plain_one_and_trains_on(plain_checkpoint,
-                                                                    toy_coco_root, tmp_path):
+def test_converted_detector_predicts_as_the_plain_one_and_trains_on(plain_checkpoint, toy_coco_root,
+                                                                    tmp_path):
     converted = str(tmp_path / 'drfpn_from_plain.pth')
     result = run_tool(PY, TOOL, plain_checkpoint, DEMO_DRFPN_CONFIG, converted)
     _assert_ok(result)
@@ -80,7 +80,9 @@ def test_converted_detector_predicts_as_the_plain_one_and_trains_on(plain_checkp
     for drconv, plain in zip(drconv_predictions, plain_predictions):
         for key in ('bboxes', 'scores', 'labels'):
             torch.testing.assert_close(drconv['pred_instances'][key],
-                                       plain['pred_instances'][key], rtol=1e-4, atol=1e-3)
+                                       plain['pred_instances'][key],
+                                       rtol=1e-4,
+                                       atol=1e-3)
 
     work_dir = tmp_path / 'finetune'
     options = tiny_run_options(toy_coco_root, max_iters=1)
@@ -94,8 +96,8 @@ def test_converted_detector_predicts_as_the_plain_one_and_trains_on(plain_checkp
 
 
 @pytest.mark.slow
-def test_cli_refuses_the_paper_generator_on_3x3_convs_without_static_kernel(plain_checkpoint,
-                                                                            tmp_path):
+def test_cli_refuses_the_paper_generator_on_3x3_convs_without_static_kernel(
+        plain_checkpoint, tmp_path):
     out = tmp_path / 'out.pth'
     result = run_tool(PY, TOOL, plain_checkpoint, DEMO_DRFPN_CONFIG, str(out), '--cfg-options',
                       PAPER_GENERATOR)
@@ -142,8 +144,8 @@ def test_refusals(models, edit, message):
 def test_start_from_plain_keeps_every_plain_weight(models):
     plain, build = models
     model = build()
-    assert _load_tool().start_from_plain(model, plain) == ['neck.fpn_convs.0.conv',
-                                                           'neck.fpn_convs.1.conv']
+    assert _load_tool().start_from_plain(
+        model, plain) == ['neck.fpn_convs.0.conv', 'neck.fpn_convs.1.conv']
     state = model.state_dict()
     assert all(torch.equal(state[key], value) for key, value in plain.items() if key in state)
     for name in ('neck.fpn_convs.0.conv', 'neck.fpn_convs.1.conv'):
@@ -155,8 +157,11 @@ def test_start_from_plain_lets_detnas_start_its_own_drconvs():
     """DetNAS starts its DRConvs (and keeps its shared guide convs) while loading."""
     plain = {f'backbone.{key}': value for key, value in DetNAS().state_dict().items()}
     model = torch.nn.Module()
-    model.backbone = DetNAS(drconv_cfg=dict(type='DRConv', region_num=2, generator='basis',
-                                            num_bases=2), shared_guide=True)
+    model.backbone = DetNAS(drconv_cfg=dict(type='DRConv',
+                                            region_num=2,
+                                            generator='basis',
+                                            num_bases=2),
+                            shared_guide=True)
     started = _load_tool().start_from_plain(model, plain)
     assert started == sorted(f'backbone.{name}' for name in model.backbone.drconv_names)
     assert len(started) == 46

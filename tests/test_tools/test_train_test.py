@@ -79,8 +79,8 @@ def test_resume_restores_iteration_and_optimizer(trained, toy_coco_root, tmp_pat
 def test_resume_continues_from_saved_iteration(trained, toy_coco_root, tmp_path):
     work_dir = str(tmp_path)
     result = run_tool(PY, 'tools/train.py', DEMO_CONFIG, '--work-dir', work_dir, '--resume',
-                      osp.join(trained, 'iter_2.pth'),
-                      *tiny_run_options(toy_coco_root, max_iters=3))
+                      osp.join(trained, 'iter_2.pth'), *tiny_run_options(toy_coco_root,
+                                                                         max_iters=3))
     _assert_ok(result)
     assert 'resumed epoch: 0, iter: 2' in result.stdout + result.stderr
     assert osp.isfile(osp.join(work_dir, 'iter_3.pth'))
@@ -98,8 +98,14 @@ def _two_process_env():
 @pytest.mark.slow
 def test_two_process_gloo_training(toy_coco_root, tmp_path):
     work_dir = str(tmp_path)
-    result = run_tool('bash', 'tools/dist_train.sh', DEMO_CONFIG, '2', '--work-dir', work_dir,
-                      *tiny_run_options(toy_coco_root, max_iters=2), env=_two_process_env())
+    result = run_tool('bash',
+                      'tools/dist_train.sh',
+                      DEMO_CONFIG,
+                      '2',
+                      '--work-dir',
+                      work_dir,
+                      *tiny_run_options(toy_coco_root, max_iters=2),
+                      env=_two_process_env())
     _assert_ok(result)
     assert osp.isfile(osp.join(work_dir, 'iter_2.pth'))
     assert 'Distributed training is not used' not in result.stdout + result.stderr
@@ -107,8 +113,14 @@ def test_two_process_gloo_training(toy_coco_root, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_gloo_testing(trained, toy_coco_root, tmp_path):
-    result = run_tool('bash', 'tools/dist_test.sh', DEMO_CONFIG, osp.join(trained, 'iter_4.pth'),
-                      '2', '--work-dir', str(tmp_path), *tiny_run_options(toy_coco_root),
+    result = run_tool('bash',
+                      'tools/dist_test.sh',
+                      DEMO_CONFIG,
+                      osp.join(trained, 'iter_4.pth'),
+                      '2',
+                      '--work-dir',
+                      str(tmp_path),
+                      *tiny_run_options(toy_coco_root),
                       env=_two_process_env())
     _assert_ok(result)
     assert 'coco/bbox_mAP' in result.stdout + result.stderr
@@ -122,10 +134,11 @@ def test_shutdown_distributed_destroys_the_group(tmp_path):
 
 
 def test_missing_dataset_says_how_to_make_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r'train_dataloader: dataset file\(s\) not found: .*'
+    with pytest.raises(FileNotFoundError,
+                       match=r'train_dataloader: dataset file\(s\) not found: .*'
                        r'python tools/misc/make_toy_coco.py --out-dir'):
-        load_tool_config(str(REPO_ROOT / DEMO_CONFIG), str(tmp_path), {
-            'train_dataloader.dataset.data_root': f'{tmp_path}/none/'}, 'none')
+        load_tool_config(str(REPO_ROOT / DEMO_CONFIG), str(tmp_path),
+                         {'train_dataloader.dataset.data_root': f'{tmp_path}/none/'}, 'none')
 
 
 def test_missing_evaluator_annotations_are_reported(toy_coco_root, tmp_path):
@@ -134,7 +147,8 @@ def test_missing_evaluator_annotations_are_reported(toy_coco_root, tmp_path):
         for split in ('train', 'val', 'test')
     }
     options['val_evaluator.ann_file'] = f'{tmp_path}/val.json'
-    with pytest.raises(FileNotFoundError, match=f'val_dataloader: dataset file\\(s\\) not found: '
+    with pytest.raises(FileNotFoundError,
+                       match=f'val_dataloader: dataset file\\(s\\) not found: '
                        f'{tmp_path}/val.json'):
         load_tool_config(str(REPO_ROOT / DEMO_CONFIG), str(tmp_path), options, 'none')
 
@@ -142,8 +156,8 @@ def test_missing_evaluator_annotations_are_reported(toy_coco_root, tmp_path):
 def test_coco_dataset_missing_says_where_coco_goes(tmp_path):
     with pytest.raises(FileNotFoundError, match=r'put COCO 2017 under .*/coco/ \(annotations/'):
         load_tool_config(str(REPO_ROOT / 'configs/drconv/mask-rcnn_r50_fpn_180k_coco.py'),
-                         str(tmp_path), {
-            'train_dataloader.dataset.data_root': f'{tmp_path}/coco/'}, 'none')
+                         str(tmp_path), {'train_dataloader.dataset.data_root': f'{tmp_path}/coco/'},
+                         'none')
 
 
 def test_missing_config():
@@ -169,10 +183,11 @@ def test_detnas_drconv_config_trains_on_toy_set(toy_coco_root, tmp_path):
     """The DetNAS-300M 8R config trains on one CPU process (mmengine turns SyncBN into BN)."""
     config = 'configs/detnas/faster-rcnn_detnas-300m-drconv-8r_fpn-4conv1fc_90k_coco.py'
     splits = (('train', 'train'), ('val', 'val'), ('test', 'val'))
-    options = [f'{loader}_dataloader.dataset.{key}' for loader, split in splits
-               for key in ('type=ToyCocoDataset', f'data_root={toy_coco_root}',
-                           f'ann_file=annotations/instances_{split}.json',
-                           f'data_prefix.img={split}/')]
+    options = [
+        f'{loader}_dataloader.dataset.{key}' for loader, split in splits
+        for key in ('type=ToyCocoDataset', f'data_root={toy_coco_root}',
+                    f'ann_file=annotations/instances_{split}.json', f'data_prefix.img={split}/')
+    ]
     options += [
         f'val_evaluator.ann_file={toy_coco_root}/annotations/instances_val.json',
         f'test_evaluator.ann_file={toy_coco_root}/annotations/instances_val.json',

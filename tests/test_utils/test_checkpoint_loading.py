@@ -48,9 +48,10 @@ def runner_checkpoint(tmp_path_factory) -> str:
     runner = Runner(
         model=_Regressor(),
         work_dir=str(work_dir),
-        train_dataloader=dict(
-            dataset=_Points(), sampler=dict(type='DefaultSampler', shuffle=False), batch_size=4,
-            collate_fn=dict(type='default_collate')),
+        train_dataloader=dict(dataset=_Points(),
+                              sampler=dict(type='DefaultSampler', shuffle=False),
+                              batch_size=4,
+                              collate_fn=dict(type='default_collate')),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
         param_scheduler=[
             dict(type='LinearLR', start_factor=0.33, by_epoch=False, begin=0, end=1),
@@ -120,7 +121,8 @@ def test_numpy_1_paths_load(no_safe_globals):
     """numpy 2 pickles numpy._core.multiarray, numpy 1 numpy.core.multiarray: both load."""
     buffer = io.BytesIO()
     # The legacy format is one plain pickle stream, so the module path can be rewritten in place.
-    torch.save(dict(array=np.arange(3.0), scalar=np.float32(0.5)), buffer,
+    torch.save(dict(array=np.arange(3.0), scalar=np.float32(0.5)),
+               buffer,
                _use_new_zipfile_serialization=False)
     for module in (b'numpy._core.multiarray', b'numpy.core.multiarray'):
         data = re.sub(rb'numpy\.(_core|core)\.multiarray\n', module + b'\n', buffer.getvalue())

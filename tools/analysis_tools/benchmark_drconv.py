@@ -85,9 +85,12 @@ PRESETS = {
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Benchmark the DRConv op, layer and backbone')
-    parser.add_argument('--parts', nargs='+', default=['op'],
+    parser.add_argument('--parts',
+                        nargs='+',
+                        default=['op'],
                         choices=['op', 'layer', 'backbone', 'detector'])
-    parser.add_argument('--preset', choices=sorted(PRESETS),
+    parser.add_argument('--preset',
+                        choices=sorted(PRESETS),
                         help='op/layer shapes of a preset instead of the shape arguments')
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--channels', type=int, default=256, help='input channels')
@@ -97,20 +100,27 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--regions', nargs='+', type=int, default=[8])
     parser.add_argument('--repeat', type=int, default=5, help='timed rounds (median)')
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    parser.add_argument('--amp', choices=sorted(AMP_DTYPES),
+    parser.add_argument('--amp',
+                        choices=sorted(AMP_DTYPES),
                         help='run every case under torch.autocast in this dtype, as training '
                         'with --amp does (default: float32)')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
-    parser.add_argument('--implementation', default='auto', choices=('auto', ) + IMPLEMENTATIONS,
+    parser.add_argument('--implementation',
+                        default='auto',
+                        choices=('auto', ) + IMPLEMENTATIONS,
                         help='the op\'s kernels (docs/kernels.md): each device\'s default, or '
                         'one implementation for every call')
-    parser.add_argument('--timer', default='wall', choices=['wall', 'cpu'],
+    parser.add_argument('--timer',
+                        default='wall',
+                        choices=['wall', 'cpu'],
                         help='wall clock, or the process\'s CPU time: with --threads 1 on a '
                         'machine shared with other jobs, CPU time leaves out the time the process '
                         'waits for a core')
-    parser.add_argument('--memory', action='store_true',
+    parser.add_argument('--memory',
+                        action='store_true',
                         help='also measure the peak memory of a training step per case')
-    parser.add_argument('--profile', action='store_true',
+    parser.add_argument('--profile',
+                        action='store_true',
                         help='also print a torch.profiler table of the op\'s (or DRConv '
                         'backbone\'s) forward and training step per case')
     parser.add_argument('--out', help='also write the tables as Markdown to this file')
@@ -159,8 +169,13 @@ def op_builder(case: Case, device: str) -> Tuple[Dict[str, Callable], List[torch
     padding = case.kernel // 2
     # Leaves that need gradients, as the generator's filters and the guide conv's output do in
     # a layer: the training step includes the weight and the m-conv guide gradients.
-    weight = (torch.randn(case.batch, case.regions, case.out_channels, case.in_channels,
-                          case.kernel, case.kernel, device=device) * 0.05).requires_grad_()
+    weight = (torch.randn(case.batch,
+                          case.regions,
+                          case.out_channels,
+                          case.in_channels,
+                          case.kernel,
+                          case.kernel,
+                          device=device) * 0.05).requires_grad_()
     guide = torch.randn(case.batch, case.regions, *case.size, device=device, requires_grad=True)
     conv = nn.Conv2d(case.in_channels, case.out_channels, case.kernel, padding=padding).to(device)
     return {
@@ -173,15 +188,21 @@ def op_builder(case: Case, device: str) -> Tuple[Dict[str, Callable], List[torch
 def layer_builder(case: Case, device: str) -> Tuple[Dict[str, Callable], List[torch.Tensor]]:
     padding = case.kernel // 2
     conv = nn.Conv2d(case.in_channels, case.out_channels, case.kernel, padding=padding).to(device)
-    layer = DRConv2d(case.in_channels, case.out_channels, case.kernel, padding=padding,
+    layer = DRConv2d(case.in_channels,
+                     case.out_channels,
+                     case.kernel,
+                     padding=padding,
                      region_num=case.regions).to(device)
 
     def reference_layer(x):
         with mock.patch('drconv_mmdet.nn.drconv2d.dr_conv2d', dr_conv2d_reference):
             return layer(x)
 
-    return ({'conv2d': conv, 'op': layer, 'reference': reference_layer},
-            [*conv.parameters(), *layer.parameters()])
+    return ({
+        'conv2d': conv,
+        'op': layer,
+        'reference': reference_layer
+    }, [*conv.parameters(), *layer.parameters()])
 
 
 def build_backbone(name: str, device: str) -> nn.Module:
@@ -206,8 +227,10 @@ def backbone_builder(case: Case, device: str) -> Tuple[Dict[str, Callable], List
     def run(model):
         return lambda x: sum(out.float().mean() for out in model(x))
 
-    return ({name: run(model) for name, model in models.items()},
-            [p for model in models.values() for p in model.parameters()])
+    return ({
+        name: run(model)
+        for name, model in models.items()
+    }, [p for model in models.values() for p in model.parameters()])
 
 
 # The FPN output convs of P2 and P3 in torchvision's Mask R-CNN R50-FPN.
@@ -223,8 +246,10 @@ def detector_builder(case: Case, device: str) -> Tuple[Dict[str, Callable], List
     models = {}
     for name in ('plain', 'drconv-8r'):
         torch.manual_seed(0)
-        model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
-                                      min_size=min(height, width), max_size=max(height, width))
+        model = maskrcnn_resnet50_fpn(weights=None,
+                                      weights_backbone=None,
+                                      min_size=min(height, width),
+                                      max_size=max(height, width))
         if name != 'plain':
             convert_to_drconv(model, DETECTOR_DRCONV_LAYERS, region_num=8)
         models[name] = model.to(device)
@@ -236,10 +261,13 @@ def detector_builder(case: Case, device: str) -> Tuple[Dict[str, Callable], List
         masks = torch.zeros(4, height, width, dtype=torch.uint8)
         for mask, (x0, y0, x1, y1) in zip(masks, boxes.long().tolist()):
             mask[y0:y1, x0:x1] = 1
-        targets.append(dict(boxes=boxes.to(device), masks=masks.to(device),
-                            labels=torch.randint(1, 91, (4, ), generator=gen).to(device)))
+        targets.append(
+            dict(boxes=boxes.to(device),
+                 masks=masks.to(device),
+                 labels=torch.randint(1, 91, (4, ), generator=gen).to(device)))
 
     def run(model):
+
         def step(x):
             # make_steps runs the forward pass without grad: inference in eval mode then.
             if not torch.is_grad_enabled():
@@ -250,15 +278,24 @@ def detector_builder(case: Case, device: str) -> Tuple[Dict[str, Callable], List
 
         return step
 
-    return ({name: run(model) for name, model in models.items()},
-            [p for model in models.values() for p in model.parameters()])
+    return ({
+        name: run(model)
+        for name, model in models.items()
+    }, [p for model in models.values() for p in model.parameters()])
 
 
-BUILDERS: Dict[str, Builder] = {'op': op_builder, 'layer': layer_builder,
-                                'backbone': backbone_builder, 'detector': detector_builder}
+BUILDERS: Dict[str, Builder] = {
+    'op': op_builder,
+    'layer': layer_builder,
+    'backbone': backbone_builder,
+    'detector': detector_builder
+}
 
 
-def make_steps(fn: Callable, x: torch.Tensor, leaves: List[torch.Tensor], device: str,
+def make_steps(fn: Callable,
+               x: torch.Tensor,
+               leaves: List[torch.Tensor],
+               device: str,
                amp: Optional[str] = None) -> Tuple[Callable[[], None], Callable[[], None]]:
     """The forward pass without grad, and a training step that frees the gradients after; both
     under autocast in ``amp``'s dtype if given."""
@@ -283,9 +320,13 @@ def make_steps(fn: Callable, x: torch.Tensor, leaves: List[torch.Tensor], device
     return forward, train_step
 
 
-def time_case(fns: Dict[str, Callable], x: torch.Tensor, leaves: List[torch.Tensor],
-              repeat: int, device: str, timer: Callable[[], float], amp: Optional[str] = None
-              ) -> Dict[str, Tuple[float, float]]:
+def time_case(fns: Dict[str, Callable],
+              x: torch.Tensor,
+              leaves: List[torch.Tensor],
+              repeat: int,
+              device: str,
+              timer: Callable[[], float],
+              amp: Optional[str] = None) -> Dict[str, Tuple[float, float]]:
     """Median ms of forward and training step per callable, rounds interleaved so that load
     changes on a shared machine affect every callable alike."""
     steps = {name: make_steps(fn, x, leaves, device, amp) for name, fn in fns.items()}
@@ -303,7 +344,10 @@ def time_case(fns: Dict[str, Callable], x: torch.Tensor, leaves: List[torch.Tens
     }
 
 
-def profile_table(fn: Callable, x: torch.Tensor, leaves: List[torch.Tensor], device: str,
+def profile_table(fn: Callable,
+                  x: torch.Tensor,
+                  leaves: List[torch.Tensor],
+                  device: str,
                   amp: Optional[str] = None) -> str:
     """torch.profiler's table of one forward pass and one training step, most time first."""
     from torch.profiler import ProfilerActivity, profile
@@ -328,8 +372,7 @@ def rss_bytes(field: str) -> int:
     raise RuntimeError(f'/proc/self/status has no {field}')
 
 
-def peak_memory_of(part: str, case: Case, name: str, device: str,
-                   amp: Optional[str] = None) -> int:
+def peak_memory_of(part: str, case: Case, name: str, device: str, amp: Optional[str] = None) -> int:
     """Bytes a training step holds at its peak above the level before it (in this process)."""
     fns, leaves = BUILDERS[part](case, device)
     x = torch.randn(case.batch, case.in_channels, *case.size, device=device)
@@ -351,8 +394,10 @@ def measure_memory(part: str, case: Case, name: str, args: argparse.Namespace) -
     """:func:`peak_memory_of` in a fresh subprocess, so that no other case's memory stays held
     by the allocator."""
     spec = json.dumps(dict(part=part, case=case._asdict(), name=name))
-    command = [sys.executable, os.path.abspath(__file__), '--memory-case', spec, '--device',
-               args.device]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__), '--memory-case', spec, '--device', args.device
+    ]
     if args.threads:
         command += ['--threads', str(args.threads)]
     command += ['--implementation', args.implementation]
@@ -383,8 +428,9 @@ def table_row(row: dict, memory: bool) -> str:
     for name in names:
         cells += [f'{times[name][0]:.1f}', f'{times[name][1]:.1f}']
     for name in others:
-        cells += [f'{times[name][0] / times[base][0]:.2f}',
-                  f'{times[name][1] / times[base][1]:.2f}']
+        cells += [
+            f'{times[name][0] / times[base][0]:.2f}', f'{times[name][1] / times[base][1]:.2f}'
+        ]
     if memory:
         cells += [f"{row['memory'][name] / 2**20:.0f}" for name in names]
     return '| ' + ' | '.join(cells) + ' |'
@@ -433,8 +479,10 @@ def run(args: argparse.Namespace) -> None:
                       profile_table(list(fns.values())[1], x, leaves, args.device, args.amp))
             del fns, leaves, x
             if args.memory:
-                row['memory'] = {name: measure_memory(part, case, name, args)
-                                 for name in row['times']}
+                row['memory'] = {
+                    name: measure_memory(part, case, name, args)
+                    for name in row['times']
+                }
             rows.append(row)
             # Each row as it is done: a long run stopped early keeps what it measured.
             print(table_row(row, args.memory), flush=True)

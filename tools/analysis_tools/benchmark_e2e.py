@@ -38,12 +38,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parses ``argv`` (the command line when None)."""
     parser = argparse.ArgumentParser(
         description='Time training and inference of detectors with and without DRConv')
-    parser.add_argument(
-        '--configs', nargs='+', default=list(DEFAULT_CONFIGS),
-        help='configs to compare; the first one is the baseline of the ratios')
-    parser.add_argument(
-        '--shape', type=int, nargs=2, default=[512, 512], metavar=('H', 'W'),
-        help='image size')
+    parser.add_argument('--configs',
+                        nargs='+',
+                        default=list(DEFAULT_CONFIGS),
+                        help='configs to compare; the first one is the baseline of the ratios')
+    parser.add_argument('--shape',
+                        type=int,
+                        nargs=2,
+                        default=[512, 512],
+                        metavar=('H', 'W'),
+                        help='image size')
     parser.add_argument('--batch', type=int, default=2, help='images per batch')
     parser.add_argument('--iters', type=int, default=3, help='timed runs of each measurement')
     parser.add_argument('--warmup', type=int, default=1, help='untimed runs before them')
@@ -119,8 +123,9 @@ def drconv_inputs(model: nn.Module, data: dict) -> Dict[str, Tensor]:
     inputs, handles = {}, []
     for name, module in model.named_modules():
         if isinstance(module, DRConv2d):
-            handles.append(module.register_forward_pre_hook(
-                lambda _, args, name=name: inputs.__setitem__(name, args[0].detach())))
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda _, args, name=name: inputs.__setitem__(name, args[0].detach())))
     inference(model, data)
     for handle in handles:
         handle.remove()
@@ -129,8 +134,13 @@ def drconv_inputs(model: nn.Module, data: dict) -> Dict[str, Tensor]:
 
 def plain_conv(layer: DRConv2d) -> nn.Conv2d:
     """The ``nn.Conv2d`` a DRConv layer replaces."""
-    return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                     layer.padding, layer.dilation, bias=layer.bias is not None)
+    return nn.Conv2d(layer.in_channels,
+                     layer.out_channels,
+                     layer.kernel_size,
+                     layer.stride,
+                     layer.padding,
+                     layer.dilation,
+                     bias=layer.bias is not None)
 
 
 def layer_rows(model: nn.Module, data: dict, warmup: int, iters: int) -> List[list]:
@@ -141,17 +151,20 @@ def layer_rows(model: nn.Module, data: dict, warmup: int, iters: int) -> List[li
         plain = plain_conv(layer)
         x = x.clone().requires_grad_()
         grad = torch.randn_like(plain(x))
-        times = median_times({
-            'plain forward': partial(layer_forward, plain, x),
-            'drconv forward': partial(layer_forward, layer, x),
-            'plain forward+backward': partial(layer_forward_backward, plain, x, grad),
-            'drconv forward+backward': partial(layer_forward_backward, layer, x, grad),
-        }, warmup, iters)
+        times = median_times(
+            {
+                'plain forward': partial(layer_forward, plain, x),
+                'drconv forward': partial(layer_forward, layer, x),
+                'plain forward+backward': partial(layer_forward_backward, plain, x, grad),
+                'drconv forward+backward': partial(layer_forward_backward, layer, x, grad),
+            }, warmup, iters)
         row = [f'{name} ({layer.region_num}R)', 'x'.join(map(str, x.shape))]
         for mode in ('forward', 'forward+backward'):
             plain_time, drconv_time = times[f'plain {mode}'], times[f'drconv {mode}']
-            row += [f'{1e3 * plain_time:.0f}', f'{1e3 * drconv_time:.0f}',
-                    f'{drconv_time / plain_time:.2f}']
+            row += [
+                f'{1e3 * plain_time:.0f}', f'{1e3 * drconv_time:.0f}',
+                f'{drconv_time / plain_time:.2f}'
+            ]
         rows.append(row)
     return rows
 
@@ -167,11 +180,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # Building and initialising the models logs every parameter's init; only the tables matter.
     MMLogger.get_current_instance().setLevel('WARNING')
     names = [os.path.splitext(os.path.basename(config))[0] for config in args.configs]
-    models = {name: build_detector(config, args.cfg_options, args.seed)
-              for name, config in zip(names, args.configs)}
+    models = {
+        name: build_detector(config, args.cfg_options, args.seed)
+        for name, config in zip(names, args.configs)
+    }
     num_classes = min(model.roi_head.bbox_head.num_classes for model in models.values())
-    data = demo_mm_inputs(batch_size=args.batch, image_shapes=(3, *args.shape),
-                          num_items=[5] * args.batch, num_classes=num_classes, with_mask=True)
+    data = demo_mm_inputs(batch_size=args.batch,
+                          image_shapes=(3, *args.shape),
+                          num_items=[5] * args.batch,
+                          num_classes=num_classes,
+                          with_mask=True)
     load_before = os.getloadavg()
 
     calls = {}
@@ -196,8 +214,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         model_rows.append(row + ['/'.join(map(str, detections))])
 
     torch.manual_seed(args.seed)
-    drconv_rows = [row for model in models.values()
-                   for row in layer_rows(model, data, args.warmup, args.iters)]
+    drconv_rows = [
+        row for model in models.values() for row in layer_rows(model, data, args.warmup, args.iters)
+    ]
     load_after = os.getloadavg()
 
     report = [
@@ -205,14 +224,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         f'x {args.shape[0]} x {args.shape[1]}; median of {args.iters} runs after {args.warmup} '
         f'warm-up; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after',
         '',
-        markdown_table(['config', 'train iter (s)', 'x baseline', 'inference (s)', 'x baseline',
-                        'detections per image'], model_rows),
+        markdown_table([
+            'config', 'train iter (s)', 'x baseline', 'inference (s)', 'x baseline',
+            'detections per image'
+        ], model_rows),
     ]
     if drconv_rows:
         report += [
             '',
-            markdown_table(['DRConv layer', 'input', 'conv fwd (ms)', 'DRConv fwd (ms)', 'x',
-                            'conv fwd+bwd (ms)', 'DRConv fwd+bwd (ms)', 'x'], drconv_rows),
+            markdown_table([
+                'DRConv layer', 'input', 'conv fwd (ms)', 'DRConv fwd (ms)', 'x',
+                'conv fwd+bwd (ms)', 'DRConv fwd+bwd (ms)', 'x'
+            ], drconv_rows),
         ]
     text = '\n'.join(report)
     print(text)

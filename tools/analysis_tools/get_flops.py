@@ -32,11 +32,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Count the MADDs and parameters of a model')
     parser.add_argument('config', help='config file path')
     parser.add_argument(
-        '--shape', type=int, nargs='+', default=[800, 1333],
+        '--shape',
+        type=int,
+        nargs='+',
+        default=[800, 1333],
         help='input image size H W, or S for S x S; padded as the model\'s data preprocessor '
         'pads (800 1333 becomes 800 x 1344)')
-    parser.add_argument(
-        '--backbone-only', action='store_true', help='count the backbone of the model only')
+    parser.add_argument('--backbone-only',
+                        action='store_true',
+                        help='count the backbone of the model only')
     add_cfg_options_argument(parser)
     return parser.parse_args(argv)
 
@@ -56,8 +60,8 @@ def build_inputs(model: nn.Module, size: Tuple[int, int]) -> dict:
     """
     height, width = size
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
-    sample = DetDataSample(metainfo=dict(
-        img_shape=size, ori_shape=size, pad_shape=size, scale_factor=(1.0, 1.0)))
+    sample = DetDataSample(
+        metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size, scale_factor=(1.0, 1.0)))
     return model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), False)
 
 
@@ -80,12 +84,18 @@ def part_rows(target: nn.Module, madds: Dict[str, int], params: Dict[str, int]) 
     rows, counted = [], 0
     for name, _ in target.named_children():
         if madds.get(name, 0) or params.get(name, 0):
-            rows.append([name, _millions(params.get(name, 0)), _giga(madds[name]),
-                         _percent(madds[name], total)])
+            rows.append([
+                name,
+                _millions(params.get(name, 0)),
+                _giga(madds[name]),
+                _percent(madds[name], total)
+            ])
             counted += madds[name]
     if total != counted:
-        rows.append(['(outside any part)', '', _giga(total - counted),
-                     _percent(total - counted, total)])
+        rows.append(
+            ['(outside any part)', '',
+             _giga(total - counted),
+             _percent(total - counted, total)])
     rows.append(['total', _millions(params['']), _giga(total), _percent(total, total)])
     return rows
 
@@ -109,12 +119,15 @@ def drconv_rows(target: nn.Module, analyzer: MaddAnalyzer, madds: Dict[str, int]
         guide = madds[name] - conv - generator
         all_regions = madds[name] + (module.region_num - 1) * conv
         values = (params[name], madds[name], guide, generator, conv, all_regions)
-        rows.append([f'{name} ({module.region_num}R)', _millions(values[0]),
-                     *map(_giga, values[1:])])
+        rows.append(
+            [f'{name} ({module.region_num}R)',
+             _millions(values[0]), *map(_giga, values[1:])])
         sums = [total + value for total, value in zip(sums, values)]
     if rows:
-        rows.append([f'all {len(rows)} DRConv layers ({_percent(sums[1], madds[""])} of MADDs)',
-                     _millions(sums[0]), *map(_giga, sums[1:])])
+        rows.append([
+            f'all {len(rows)} DRConv layers ({_percent(sums[1], madds[""])} of MADDs)',
+            _millions(sums[0]), *map(_giga, sums[1:])
+        ])
     return rows
 
 
@@ -151,17 +164,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
           f'Input: {tuple(data["inputs"].shape)}, a {size[0]} x {size[1]} image padded by the '
           f'data preprocessor, through {scope}\n'
           'MADDs: multiply-adds of convolutions and matrix products')
-    print(AsciiTable([['part', 'params (M)', 'MADDs (G)', 'share'],
-                      *part_rows(target, madds, params)]).table)
+    print(
+        AsciiTable([['part', 'params (M)', 'MADDs (G)', 'share'],
+                    *part_rows(target, madds, params)]).table)
     if rows:
-        print(AsciiTable([['DRConv layer', 'params (M)', 'MADDs (G)', 'guide (G)',
-                           'generator (G)', 'conv (G)', 'all m (G)'], *rows]).table)
+        print(
+            AsciiTable([[
+                'DRConv layer', 'params (M)', 'MADDs (G)', 'guide (G)', 'generator (G)', 'conv (G)',
+                'all m (G)'
+            ], *rows]).table)
         print('conv: the one conv per output pixel, the MADDs of the plain conv it replaces; '
               'all m: the layer\'s MADDs if it computed all m region outputs')
     unsupported = analyzer.unsupported_ops()
     if unsupported:
-        print('Not counted, no MADD handle: ' +
-              ', '.join(f'{op} x{n}' for op, n in unsupported.most_common()))
+        print('Not counted, no MADD handle: ' + ', '.join(f'{op} x{n}'
+                                                          for op, n in unsupported.most_common()))
 
 
 if __name__ == '__main__':

@@ -61,10 +61,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     images = find_images(args.images)
     allow_mmengine_checkpoints()
-    model = init_detector(args.config, args.checkpoint, device=args.device,
+    model = init_detector(args.config,
+                          args.checkpoint,
+                          device=args.device,
                           cfg_options=args.cfg_options)
-    layers = {name: module for name, module in model.named_modules()
-              if isinstance(module, DRConv2d)}
+    layers = {
+        name: module
+        for name, module in model.named_modules() if isinstance(module, DRConv2d)
+    }
     if not layers:
         raise ValueError(f'the model of {args.config} has no DRConv layer to draw; expected a '
                          'model with DRConv2d modules, e.g. a DRFPN neck')

@@ -24,9 +24,16 @@ from drconv_mmdet.nn import DRConv2d
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='ONNX Runtime latency, interleaved runs')
     parser.add_argument('models', nargs='*', help='.onnx files with one input named image')
-    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1344], metavar=('H', 'W'),
+    parser.add_argument('--shape',
+                        type=int,
+                        nargs=2,
+                        default=[800, 1344],
+                        metavar=('H', 'W'),
                         help='image height and width for the model files')
-    parser.add_argument('--layer', type=int, nargs=5, metavar=('C', 'O', 'K', 'H', 'W'),
+    parser.add_argument('--layer',
+                        type=int,
+                        nargs=5,
+                        metavar=('C', 'O', 'K', 'H', 'W'),
                         help='instead of files: a DRConv layer (C -> O channels, K x K, input '
                         'H x W, padding K // 2) against nn.Conv2d of the same shape')
     parser.add_argument('--regions', type=int, default=8, help='regions of the --layer DRConv')
@@ -39,15 +46,19 @@ def parse_args() -> argparse.Namespace:
 def layer_files(args: argparse.Namespace, folder: str) -> Dict[str, str]:
     channels, out_channels, kernel, height, width = args.layer
     layers = {
-        'conv': torch.nn.Conv2d(channels, out_channels, kernel, padding=kernel // 2),
-        f'drconv-{args.regions}r': DRConv2d(channels, out_channels, kernel, padding=kernel // 2,
-                                            region_num=args.regions),
+        'conv':
+        torch.nn.Conv2d(channels, out_channels, kernel, padding=kernel // 2),
+        f'drconv-{args.regions}r':
+        DRConv2d(channels, out_channels, kernel, padding=kernel // 2, region_num=args.regions),
     }
     files = {}
     for name, layer in layers.items():
         files[name] = osp.join(folder, f'{name}.onnx')
         export_onnx(layer, (torch.randn(1, channels, height, width), ), files[name], ['image'],
-                    ['output'], {'image': {2: 'height', 3: 'width'}})
+                    ['output'], {'image': {
+                        2: 'height',
+                        3: 'width'
+                    }})
     return files
 
 
@@ -84,8 +95,8 @@ def main() -> None:
             shape = (1, 3, *args.shape)
         generator = np.random.default_rng(0)
         image = generator.uniform(0, 255 if not args.layer else 1, shape).astype(np.float32)
-        times = benchmark(files, {name: image for name in files}, args.threads, args.repeats,
-                          args.warmup)
+        times = benchmark(files, {name: image
+                                  for name in files}, args.threads, args.repeats, args.warmup)
     first = statistics.median(next(iter(times.values())))
     print(f'ONNX Runtime, {args.threads} threads, input {shape}, median of {args.repeats} '
           f'interleaved runs:')

@@ -28,14 +28,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='config file path')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint file (default: initial weights)')
     parser.add_argument('--out', required=True, help='the .onnx file to write')
-    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1344], metavar=('H', 'W'),
+    parser.add_argument('--shape',
+                        type=int,
+                        nargs=2,
+                        default=[800, 1344],
+                        metavar=('H', 'W'),
                         help='height and width of the example input; the file accepts any size')
-    parser.add_argument('--features-only', action='store_true',
+    parser.add_argument('--features-only',
+                        action='store_true',
                         help='export the backbone and neck only (any batch size)')
-    parser.add_argument('--exporter', choices=EXPORTERS, default=default_exporter(),
+    parser.add_argument('--exporter',
+                        choices=EXPORTERS,
+                        default=default_exporter(),
                         help='torch.onnx.export with dynamo=True or the TorchScript-based one '
                         '(dynamo=False); default: the installed torch\'s default')
-    parser.add_argument('--opset', type=int,
+    parser.add_argument('--opset',
+                        type=int,
                         help='ONNX opset (>= 17). Default: 18 for dynamo, 17 for torchscript')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random test input')
     add_cfg_options_argument(parser)
@@ -80,8 +88,12 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     image = torch.rand(1, 3, *args.shape, generator=generator) * 255
 
-    export_onnx(wrapper, (image, ), args.out, ['image'], names, dynamic_axes,
-                exporter=args.exporter, opset_version=args.opset)
+    export_onnx(wrapper, (image, ),
+                args.out, ['image'],
+                names,
+                dynamic_axes,
+                exporter=args.exporter,
+                opset_version=args.opset)
     ops = check_standard_ops(args.out)
     opset = args.opset or DEFAULT_OPSETS[args.exporter]
     print(f'wrote {args.out} ({args.exporter} exporter, opset {opset}); onnx.checker: ok; '

@@ -24,7 +24,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Evaluate an ONNX detector with ONNX Runtime')
     parser.add_argument('config', help='the config the model was exported from')
     parser.add_argument('model', help='the .onnx file')
-    parser.add_argument('--threads', type=int, default=0,
+    parser.add_argument('--threads',
+                        type=int,
+                        default=0,
                         help='ONNX Runtime intra-op threads (default 0: its own choice)')
     parser.add_argument('--work-dir', help='where the metrics are written')
     add_cfg_options_argument(parser)
@@ -61,9 +63,13 @@ class OnnxDetector:
             return results
         # The masks are already each detection's class channel: select channel 0 of each.
         # The mask head rescales the boxes in place, as in mmdet's own predict.
-        results.masks = self.mask_head._predict_by_feat_single(
-            mask_preds=outputs[3][:, None], bboxes=boxes, labels=torch.zeros_like(labels),
-            img_meta=meta, rcnn_test_cfg=self.rcnn_cfg, rescale=True, activate_map=True)
+        results.masks = self.mask_head._predict_by_feat_single(mask_preds=outputs[3][:, None],
+                                                               bboxes=boxes,
+                                                               labels=torch.zeros_like(labels),
+                                                               img_meta=meta,
+                                                               rcnn_test_cfg=self.rcnn_cfg,
+                                                               rescale=True,
+                                                               activate_map=True)
         results.bboxes = boxes
         return results
 
@@ -72,7 +78,10 @@ def main() -> None:
     args = parse_args()
     if not osp.isfile(args.model):
         raise FileNotFoundError(f'ONNX file {args.model!r} does not exist')
-    cfg = load_tool_config(args.config, args.work_dir, args.cfg_options, 'none',
+    cfg = load_tool_config(args.config,
+                           args.work_dir,
+                           args.cfg_options,
+                           'none',
                            loaders=('test_dataloader', ))
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     detector = OnnxDetector(args.model, cfg, args.threads)

@@ -39,7 +39,8 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg: CfgNode) -> None:
         super().__init__(cfg)
-        self.checkpointer = DRConvCheckpointer(self._trainer.model, cfg.OUTPUT_DIR,
+        self.checkpointer = DRConvCheckpointer(self._trainer.model,
+                                               cfg.OUTPUT_DIR,
                                                trainer=weakref.proxy(self))
         # The periodic checkpointing hook was built with detectron2's checkpointer.
         for hook in self._hooks:
@@ -47,7 +48,9 @@ class Trainer(DefaultTrainer):
                 hook.checkpointer = self.checkpointer
 
     @classmethod
-    def build_evaluator(cls, cfg: CfgNode, dataset_name: str,
+    def build_evaluator(cls,
+                        cfg: CfgNode,
+                        dataset_name: str,
                         output_folder: Optional[str] = None) -> COCOEvaluator:
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, 'inference')
@@ -57,7 +60,8 @@ class Trainer(DefaultTrainer):
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """detectron2's arguments and the toy set's folder."""
     parser = default_argument_parser()
-    parser.add_argument('--toy-coco-root', default='data/toy_coco',
+    parser.add_argument('--toy-coco-root',
+                        default='data/toy_coco',
                         help='folder of the toy COCO set (toy_coco_train, toy_coco_val)')
     return parser.parse_args(argv)
 
@@ -101,5 +105,9 @@ def main(args: argparse.Namespace) -> Any:
 if __name__ == '__main__':
     args = parse_args()
     print('Command Line Args:', args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args, ))
+    launch(main,
+           args.num_gpus,
+           num_machines=args.num_machines,
+           machine_rank=args.machine_rank,
+           dist_url=args.dist_url,
+           args=(args, ))

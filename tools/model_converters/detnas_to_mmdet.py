@@ -20,11 +20,10 @@ def parse_args() -> argparse.Namespace:
         description='Convert an official DetNAS ImageNet checkpoint for the DetNAS backbone.')
     parser.add_argument('src', help='official checkpoint, e.g. COCO_FPN_300M.pkl')
     parser.add_argument('dst', help='path of the converted checkpoint')
-    parser.add_argument(
-        '--arch',
-        default='COCO-FPN-300M',
-        choices=tuple(DetNAS.arch_settings),
-        help='architecture the checkpoint must have')
+    parser.add_argument('--arch',
+                        default='COCO-FPN-300M',
+                        choices=tuple(DetNAS.arch_settings),
+                        help='architecture the checkpoint must have')
     return parser.parse_args()
 
 

@@ -92,7 +92,9 @@ def start_from_plain(model: nn.Module, plain: Dict[str, Tensor]) -> List[str]:
     missing = [key for key in result.missing_keys if not key.startswith(prefixes)]
     unexpected = [
         key for key in result.unexpected_keys
-        if key not in {f'{name}.{param}' for name in started for param in ('weight', 'bias')}
+        if key not in {f'{name}.{param}'
+                       for name in started
+                       for param in ('weight', 'bias')}
     ]
     if missing or unexpected:
         raise ValueError('the plain checkpoint does not fit the DRConv config apart from its '
@@ -121,7 +123,8 @@ def main() -> None:
         sys.exit(f'error: {e}')
     mkdir_or_exist(osp.dirname(osp.abspath(args.out)))
     meta = dict(plain_checkpoint=osp.basename(args.plain_checkpoint),
-                config=osp.basename(args.config), drconv_layers=started)
+                config=osp.basename(args.config),
+                drconv_layers=started)
     torch.save(dict(state_dict=model.state_dict(), meta=meta), args.out)
     print(f'Wrote {args.out}: {len(started)} DRConv layers start from the plain convs '
           f'({", ".join(started)})')

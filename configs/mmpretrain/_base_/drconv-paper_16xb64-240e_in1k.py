@@ -11,7 +11,12 @@ custom_imports = dict(imports=['drconv_mmdet.mmpretrain'], allow_failed_imports=
 
 # PolyLR of power 1 decays linearly; updated every iteration.
 param_scheduler = [
-    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=True, begin=0, end=240,
+    dict(type='PolyLR',
+         power=1.0,
+         eta_min=0.0,
+         by_epoch=True,
+         begin=0,
+         end=240,
          convert_to_iter_based=True)
 ]
 train_cfg = dict(by_epoch=True, max_epochs=240, val_interval=1)

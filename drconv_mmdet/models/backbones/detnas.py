@@ -80,25 +80,17 @@ class DetNAS(BaseModule):
     # ops: one index into BLOCK_OPS per block, as in the official code; channels: stem, stages.
     arch_settings = {
         'COCO-FPN-300M':
-        dict(
-            ops=(2, 1, 2, 0, 2, 1, 1, 2, 3, 3, 1, 3, 0, 0, 3, 1, 3, 1, 3, 2),
-            stage_blocks=(4, 4, 8, 4),
-            channels=(16, 64, 160, 320, 640)),
+        dict(ops=(2, 1, 2, 0, 2, 1, 1, 2, 3, 3, 1, 3, 0, 0, 3, 1, 3, 1, 3, 2),
+             stage_blocks=(4, 4, 8, 4),
+             channels=(16, 64, 160, 320, 640)),
         'COCO-RetinaNet-300M':
-        dict(
-            ops=(2, 3, 1, 1, 3, 2, 1, 3, 3, 1, 1, 1, 3, 3, 2, 0, 3, 3, 3, 3),
-            stage_blocks=(4, 4, 8, 4),
-            channels=(16, 64, 160, 320, 640)),
+        dict(ops=(2, 3, 1, 1, 3, 2, 1, 3, 3, 1, 1, 1, 3, 3, 2, 0, 3, 3, 3, 3),
+             stage_blocks=(4, 4, 8, 4),
+             channels=(16, 64, 160, 320, 640)),
         'COCO-FPN-1.3G':
-        dict(
-            ops=_LARGE_ARCH_OPS,
-            stage_blocks=(8, 8, 16, 8),
-            channels=(48, 96, 240, 480, 960)),
+        dict(ops=_LARGE_ARCH_OPS, stage_blocks=(8, 8, 16, 8), channels=(48, 96, 240, 480, 960)),
         'COCO-FPN-3.8G':
-        dict(
-            ops=_LARGE_ARCH_OPS,
-            stage_blocks=(8, 8, 16, 8),
-            channels=(72, 172, 432, 864, 1728)),
+        dict(ops=_LARGE_ARCH_OPS, stage_blocks=(8, 8, 16, 8), channels=(72, 172, 432, 864, 1728)),
     }
 
     def __init__(self,
@@ -129,27 +121,33 @@ class DetNAS(BaseModule):
 
         stem_channels, *stage_channels = setting['channels']
         self.first_conv = Sequential(
-            OrderedDict(
-                conv=build_conv_layer(None, 3, stem_channels, 3, stride=2, padding=1, bias=True),
-                bn=build_norm_layer(norm_cfg, stem_channels)[1],
-                relu=nn.ReLU(inplace=True)))
+            OrderedDict(conv=build_conv_layer(None,
+                                              3,
+                                              stem_channels,
+                                              3,
+                                              stride=2,
+                                              padding=1,
+                                              bias=True),
+                        bn=build_norm_layer(norm_cfg, stem_channels)[1],
+                        relu=nn.ReLU(inplace=True)))
         blocks = []
         in_channels = stem_channels
         ops = iter(setting['ops'])
         for stage, (num_blocks, out_channels) in enumerate(
-                zip(setting['stage_blocks'], stage_channels), start=1):
+                zip(setting['stage_blocks'], stage_channels),
+                start=1,
+        ):
             for index in range(num_blocks):
                 blocks.append(
-                    DetNASBlock(
-                        f'{stage}{ascii_lowercase[index]}',
-                        BLOCK_OPS[next(ops)],
-                        in_channels,
-                        out_channels,
-                        stride=2 if index == 0 else 1,
-                        norm_cfg=norm_cfg,
-                        drconv_cfg=drconv_cfg,
-                        drconv_proj=drconv_proj,
-                        shared_guide=shared_guide))
+                    DetNASBlock(f'{stage}{ascii_lowercase[index]}',
+                                BLOCK_OPS[next(ops)],
+                                in_channels,
+                                out_channels,
+                                stride=2 if index == 0 else 1,
+                                norm_cfg=norm_cfg,
+                                drconv_cfg=drconv_cfg,
+                                drconv_proj=drconv_proj,
+                                shared_guide=shared_guide))
                 in_channels = out_channels
         self.features = Sequential(*blocks)
         self.stage_ends = tuple(end - 1 for end in accumulate(setting['stage_blocks']))
@@ -202,8 +200,8 @@ class DetNAS(BaseModule):
         own_state = {
             key: value
             for key, value in self.state_dict(prefix=prefix, keep_vars=False).items()
-            if key.startswith(tuple(f'{prefix}{name}.' for name in started))
-            or '.guide_conv.' in key
+            if key.startswith(tuple(f'{prefix}{name}.'
+                                    for name in started)) or '.guide_conv.' in key
         }
         for key, value in own_state.items():
             state_dict.setdefault(key, value)

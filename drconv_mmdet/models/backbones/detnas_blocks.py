@@ -78,15 +78,14 @@ class SpatialPointwiseUnit(BaseModule):
             self.depthwise_name = f'interstellar{name}_s'
             self.add_module(
                 self.depthwise_name,
-                build_conv_layer(
-                    None,
-                    in_channels,
-                    in_channels,
-                    kernel_size,
-                    stride=stride,
-                    padding=kernel_size // 2,
-                    groups=in_channels,
-                    bias=False))
+                build_conv_layer(None,
+                                 in_channels,
+                                 in_channels,
+                                 kernel_size,
+                                 stride=stride,
+                                 padding=kernel_size // 2,
+                                 groups=in_channels,
+                                 bias=False))
             self.add_module(f'{self.depthwise_name}_bn', build_norm_layer(norm_cfg, in_channels)[1])
         self.pointwise_name = f'interstellar{name}'
         self.add_module(self.pointwise_name,
@@ -247,8 +246,11 @@ class DetNASBlock(BaseModule):
                                                   drconv_cfg if drconv_proj else None)
         self.guide_conv = None
         if shared_guide:
-            self.guide_conv = build_conv_layer(
-                None, main_in, self.conv[0].pointwise.region_num, 1, bias=False)
+            self.guide_conv = build_conv_layer(None,
+                                               main_in,
+                                               self.conv[0].pointwise.region_num,
+                                               1,
+                                               bias=False)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:

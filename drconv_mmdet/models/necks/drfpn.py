@@ -67,9 +67,14 @@ class DRFPN(FPN):
         self.drconv_layers = tuple(drconv_layers)
 
         def build_drconv(conv: nn.Conv2d) -> nn.Module:
-            return build_conv_layer(drconv_cfg, conv.in_channels, conv.out_channels,
-                                    conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                                    dilation=conv.dilation, groups=conv.groups,
+            return build_conv_layer(drconv_cfg,
+                                    conv.in_channels,
+                                    conv.out_channels,
+                                    conv.kernel_size,
+                                    stride=conv.stride,
+                                    padding=conv.padding,
+                                    dilation=conv.dilation,
+                                    groups=conv.groups,
                                     bias=conv.bias is not None)
 
         # A fresh DRConv, trained from scratch as the FPN is; convert_to_drconv would instead
