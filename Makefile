@@ -34,7 +34,8 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
-# The hooks of .pre-commit-config.yaml (flake8 and isort with setup.cfg's settings) on every file.
+# The hooks of .pre-commit-config.yaml (flake8, isort and yapf with setup.cfg's settings) on every
+# file; isort and yapf rewrite what they would change, and the run fails.
 lint:
 	@test -x $(LINT_VENV)/bin/pre-commit || { python3 -m venv $(LINT_VENV) && \
 		$(LINT_VENV)/bin/python -m pip install -q pre-commit==4.7.0; }
