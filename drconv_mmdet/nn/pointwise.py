@@ -161,7 +161,7 @@ def start_drconvs_from_plain(model: nn.Module,
                              prefix: str,
                              *args: Any,
                              names: List[str],
-                             log: Optional[Callable[[str], Any]] = None) -> None:
+                             log: Optional[Callable[[str], Any]] = None) -> List[str]:
     """Load-state-dict pre-hook: the plain 1x1 weights at DRConv positions start the DRConvs.
 
     A plain checkpoint (mmpretrain's pretrained ShuffleNetV2 or MobileNetV2, through
@@ -181,6 +181,9 @@ def start_drconvs_from_plain(model: nn.Module,
         log (Callable[[str], Any], optional): reports how many DRConvs started. Default: None,
             this module's ``logging`` logger at level INFO.
 
+    Returns:
+        list[str]: the names of the DRConvs that started from plain weights.
+
     Raises:
         ValueError: a plain weight at a DRConv position has another shape.
     """
@@ -198,13 +201,14 @@ def start_drconvs_from_plain(model: nn.Module,
         layer.init_from_conv(state_dict.pop(key), state_dict.pop(f'{prefix}{name}.bias', None))
         started.append(name)
     if not started:
-        return
+        return started
     for name in started:
         for key, value in model.get_submodule(name).state_dict(prefix=f'{prefix}{name}.').items():
             state_dict.setdefault(key, value)
     (logger.info if log is None else log)(
         f'{len(started)} DRConv layers start from the plain 1x1 weights at their '
         'positions (each region\'s filter is the plain weight)')
+    return started
 
 
 class SharedGuideSequential(nn.Sequential):

@@ -379,8 +379,9 @@ def test_detnas_drconv_refuses_a_plain_weight_of_another_shape():
     with pytest.raises(
             ValueError,
             match=re.escape(
-                f'{key} must have the shape (32, 16, 1, 1) of the DRConv at '
-                'features.0.conv.0.interstellar1a_shufflenet_7x7_branch2a, but got (32, 8, 1, 1)')):
+                f'{key} has shape (32, 8, 1, 1), but the DRConv at '
+                'features.0.conv.0.interstellar1a_shufflenet_7x7_branch2a starts from a conv '
+                'weight of shape (32, 16, 1, 1)')):
         model.load_state_dict(state_dict)
 
 

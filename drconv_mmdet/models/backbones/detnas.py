@@ -3,6 +3,7 @@ Detection <https://arxiv.org/abs/1903.10979>`_, optionally with DRConv 1x1 convo
 (`Dynamic Region-Aware Convolution <https://arxiv.org/abs/2003.12243>`_)."""
 import logging
 from collections import OrderedDict
+from functools import partial
 from itertools import accumulate
 from string import ascii_lowercase
 from typing import Any, Dict, List, Sequence, Tuple
@@ -16,6 +17,7 @@ from mmengine.model import BaseModule, Sequential
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from drconv_mmdet.nn import start_drconvs_from_plain
 from drconv_mmdet.torch_compat import register_load_state_dict_pre_hook
 from .detnas_blocks import BLOCK_OPS, DetNASBlock, SpatialPointwiseUnit
 
@@ -168,48 +170,14 @@ class DetNAS(BaseModule):
                                           prefix: str, *args: Any) -> None:
         """Load-state-dict pre-hook: plain 1x1 weights at DRConv positions start the DRConvs.
 
-        Each such weight is turned into the state of its DRConv as
-        :meth:`~drconv_mmdet.nn.DRConv2d.from_conv` would (every region's filter is the plain
-        weight, the guide conv keeps its initialisation), so the backbone computes what the
-        plain one computes. Shared guide convs, which plain checkpoints lack, keep their
-        initialisation too. Checkpoints with DRConv weights load as they are.
-
-        Args:
-            module (nn.Module): This backbone.
-            state_dict (dict[str, Any]): The state dict being loaded; edited in place.
-            prefix (str): Prefix of this backbone's keys in ``state_dict``.
-            *args: The remaining arguments of a load-state-dict pre-hook, unused.
-
-        Raises:
-            ValueError: If a plain weight at a DRConv position has another shape.
+        :func:`~drconv_mmdet.nn.start_drconvs_from_plain` for this backbone's DRConvs; the
+        shared guide convs, which plain checkpoints lack, keep their initialisation too.
         """
-        started = []
-        for name in self.drconv_names:
-            key = f'{prefix}{name}.weight'
-            if key not in state_dict:
-                continue
-            layer = self.get_submodule(name)
-            expected = (layer.out_channels, layer.in_channels, *layer.kernel_size)
-            if tuple(state_dict[key].shape) != expected:
-                raise ValueError(f'{key} must have the shape {expected} of the DRConv at '
-                                 f'{name}, but got {tuple(state_dict[key].shape)}')
-            layer.init_from_conv(state_dict.pop(key))
-            started.append(name)
-        if not started:
-            return
-        own_state = {
-            key: value
-            for key, value in self.state_dict(prefix=prefix, keep_vars=False).items()
-            if key.startswith(tuple(f'{prefix}{name}.'
-                                    for name in started)) or '.guide_conv.' in key
-        }
-        for key, value in own_state.items():
-            state_dict.setdefault(key, value)
-        print_log(
-            f'{len(started)} {self.drconv_cfg["type"]} layers start from the plain 1x1 weights '
-            'at their positions (each region\'s filter is the plain weight)',
-            logger='current',
-            level=logging.INFO)
+        log = partial(print_log, logger='current', level=logging.INFO)
+        if start_drconvs_from_plain(self, state_dict, prefix, names=self.drconv_names, log=log):
+            for key, value in self.state_dict(prefix=prefix).items():
+                if '.guide_conv.' in key:
+                    state_dict.setdefault(key, value)
 
     def _freeze_stages(self) -> None:
         """Put the stem and the first ``frozen_stages`` stages in eval mode, without grads."""
