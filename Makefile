@@ -67,7 +67,8 @@ setup-core:
 		bash tools/misc/setup_env.sh
 
 test-core: setup-core
-	$(CORE_VENV)/bin/python -m pytest tests/test_ops tests/test_nn tests/test_detectron2 $(PYTEST_ARGS)
+	$(CORE_VENV)/bin/python -m pytest tests/test_ops tests/test_nn tests/test_classification \
+		tests/test_detectron2 $(PYTEST_ARGS)
 
 # The README's route for mim users: an OpenMMLab environment, then openmim and a regular install,
 # which pip builds in isolation from torch: pure Python, without the compiled kernels.

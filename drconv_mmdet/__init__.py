@@ -1,7 +1,8 @@
 """drconv-mmdet: Dynamic Region-Aware Convolution (DRConv) for PyTorch and MMDetection 3.x.
 
-The core (the ``dr_conv2d`` op, the ``DRConv2d`` layer and ``convert_to_drconv``, which puts
-DRConvs into any PyTorch model) needs only torch. Where mmdet is installed, importing the package
+The core (the ``dr_conv2d`` op, the ``DRConv2d`` layer, ``convert_to_drconv``, which puts
+DRConvs into any PyTorch model, and the DRConv ShuffleNetV2 and MobileNetV2 classifiers of
+``drconv_mmdet.classification``) needs only torch. Where mmdet is installed, importing the package
 also registers the layer, the models and the datasets in mmdet's registries; configs do it with
 ``custom_imports = dict(imports=['drconv_mmdet'], allow_failed_imports=False)``.
 """
