@@ -1,8 +1,8 @@
 # DRConv-DetNAS-300M 8R: the 1x1 convs of the searched branches become 8-region DRConvs whose
 # filters mix 8 shared bases per sample, as in the official DRConv code ('basis' generator). Not the
 # paper's generator: in a from-scratch benchmark on real images (docs/learning.md) 'basis' ties
-# with a plain 1x1 conv in a narrow network where the paper's falls 8 points behind, and it takes
-# the backbone from 1.85 M to 13.5 M parameters where the paper's would take it to 115.6 M.
+# with plain 1x1 convs in ShuffleNetV2-like blocks where the paper's falls 3.5 points behind, and
+# it takes the backbone from 1.85 M to 13.5 M parameters where the paper's would take it to 115.6 M.
 # The projection 1x1 of the stride-2 blocks stays plain (official code) and every DRConv has its
 # own guide (paper); drconv_proj=True / shared_guide=True select the alternatives.
 # Initialisation: the ImageNet-pretrained plain DetNAS-300M of the base config (Sec. 4.3 of the

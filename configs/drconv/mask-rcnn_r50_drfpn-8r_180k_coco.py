@@ -2,8 +2,8 @@
 # the 3x3 output convs of P2 and P3 (the paper does not say which two; see README). Filters from
 # the 'basis' generator (8 shared kernels), not the paper's: in a from-scratch benchmark on real
 # images (docs/learning.md) it ties with a plain 3x3 conv where the paper's generator, with or
-# without a static kernel, falls 3 to 5 points behind in a narrow network, and it has the same
-# parameter count.
+# without a static kernel, falls 2 to 5 points behind, each at its best schedule, and it has the
+# same parameter count.
 _base_ = './mask-rcnn_r50_fpn_180k_coco.py'
 
 model = dict(neck=dict(type='DRFPN',

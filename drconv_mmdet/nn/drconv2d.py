@@ -44,9 +44,10 @@ class DRConv2d(nn.Module):
         region_num (int): number of regions m. Default: 8.
         generator (str): ``'basis'``, the official code's mixture of ``num_bases`` shared kernels,
             or ``'paper'``, the paper's two-layer generator (Fig. 2b). Default: ``'basis'``, for
-            every kernel size: trained from scratch on real images, it matched a plain conv where
-            the paper's generator fell behind in narrow networks, and at k = 1 it has a ninth of
-            that generator's parameters (docs/learning.md).
+            every kernel size: trained from scratch on real images, each variant at its best
+            schedule, it matched a plain conv in every network where the paper's generator fell
+            behind in three of four, and at k = 1 it has a ninth of that generator's parameters
+            (docs/learning.md).
         hidden_channels (int, optional): hidden width of the ``'paper'`` generator, a multiple of
             ``region_num``. Default: ``region_num ** 2``, as the public implementations use.
         num_bases (int): number of shared kernels of the ``'basis'`` generator. Default: 8.
