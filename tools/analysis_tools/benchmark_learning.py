@@ -48,6 +48,7 @@ import statistics
 import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -535,38 +536,44 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
               f"{meta['test']} test images; width {args.width}, m = {args.regions}, "
               f"{args.epochs} epochs, seeds {args.seeds}; commit {meta['commit']}, "
               f"{meta['machine']}, torch {meta['torch']}")
-    jobs = [(variant, optimizer, lr, seed) for variant in grid for optimizer, lr in schedules(args)
-            for seed in args.seeds]
-    kwargs = dict(width=args.width, regions=args.regions, epochs=args.epochs)
-    pool = (ProcessPoolExecutor(args.jobs, mp_context=get_context('fork'))
-            if args.jobs > 1 else None)
-    if pool is None:
-        results = (run(data, optimizer=o, lr=lr, seed=s, **v, **kwargs) for v, o, lr, s in jobs)
-    else:
-        results = pool.map(
-            run,
-            *zip(*[(data, v['network'], args.width, v['generator'], args.regions, o, lr, s,
-                    args.epochs, 1) for v, o, lr, s in jobs]))
+    runs_per_variant = len(schedules(args)) * len(args.seeds)
+    jobs = [
+        dict(variant,
+             optimizer=optimizer,
+             lr=lr,
+             seed=seed,
+             width=args.width,
+             regions=args.regions,
+             epochs=args.epochs) for variant in grid for optimizer, lr in schedules(args)
+        for seed in args.seeds
+    ]
     rows: List[Dict[str, object]] = []
     baselines: Dict[str, Dict[str, object]] = {}
     runs: List[Dict[str, object]] = []
-    for (variant, optimizer, lr, seed), result in zip(jobs, results):
-        runs.append(result)
-        print(
-            f"{variant['network']} {variant['generator']} {format_schedule(optimizer, lr)} "
-            f"seed {seed}: val {result['val_accuracy']:.2f} %, test {result['accuracy']:.2f} "
-            f"%, {result['epoch_cpu_s']:.2f} CPU s / epoch",
-            flush=True)
-        if len(runs) < len(schedules(args)) * len(args.seeds):
-            continue
-        row = summarise(variant, runs, baselines.get(variant['network']))
-        if variant['generator'] == 'conv':
-            baselines[variant['network']] = row
-        rows.append(row)
-        runs = []
-        write_outputs(args.out, header, rows, meta)
-    if pool is not None:
-        pool.shutdown()
+    pool = ProcessPoolExecutor(args.jobs, mp_context=get_context('fork')) if args.jobs > 1 else None
+    with pool or nullcontext():
+        if pool is None:
+            results = (run(data, **job) for job in jobs)
+        else:
+            futures = [pool.submit(run, data, threads=1, **job) for job in jobs]
+            results = (future.result() for future in futures)
+        for job, result in zip(jobs, results):
+            runs.append(result)
+            print(
+                f"{job['network']} {job['generator']} "
+                f"{format_schedule(job['optimizer'], job['lr'])} seed {job['seed']}: "
+                f"val {result['val_accuracy']:.2f} %, test {result['accuracy']:.2f} %, "
+                f"{result['epoch_cpu_s']:.2f} CPU s / epoch",
+                flush=True)
+            if len(runs) < runs_per_variant:
+                continue
+            variant = dict(network=job['network'], generator=job['generator'])
+            row = summarise(variant, runs, baselines.get(variant['network']))
+            if variant['generator'] == 'conv':
+                baselines[variant['network']] = row
+            rows.append(row)
+            runs = []
+            write_outputs(args.out, header, rows, meta)
     print(header + '\n\n' + make_tables(rows))
     return rows
 
