@@ -1,5 +1,5 @@
-"""Helpers shared by the tests: the op's arguments and its float64 loop definition, and the
-demo configs shrunk to seconds for the tools' runs.
+"""Helpers shared by the tests: the op's arguments and its float64 loop definition, the
+demo configs shrunk to seconds for the tools' runs, and checks of networks with DRConvs.
 
 Imported as a module (``import helpers`` / ``from helpers import ...``; pytest puts ``tests/`` on
 the path for its conftest.py). Needs torch alone: what needs mmengine imports it where used.
@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from drconv_mmdet.nn import DRConv2d
 from drconv_mmdet.ops import conv_output_size, region_products
 from drconv_mmdet.ops.geometry import as_pair
 
@@ -300,3 +301,29 @@ def schedule_runner(cfg: 'Config', work_dir: str, scale_lr: bool = False) -> 'Ru
         runner.scale_lr(runner.optim_wrapper, runner.auto_scale_lr)
     runner.param_schedulers = runner.build_param_scheduler(runner.param_schedulers)
     return runner
+
+
+def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` with random weights, biases and norm statistics, so that loading them shows."""
+    torch.manual_seed(seed)
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            if name.endswith('running_var'):
+                tensor.uniform_(0.5, 1.5)
+            else:
+                tensor.normal_(0, 0.3 if tensor.dim() > 1 else 0.1)
+    return model
+
+
+def assert_every_drconv_parameter_learns(model: nn.Module) -> None:
+    """After a backward pass: ``model`` has DRConvs and each of their parameters has a finite,
+    non-zero gradient."""
+    drconv_params = {
+        f'{name}.{p_name}': p
+        for name, m in model.named_modules() if isinstance(m, DRConv2d)
+        for p_name, p in m.named_parameters()
+    }
+    assert drconv_params
+    for name, param in drconv_params.items():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_every_drconv_parameter_learns
 from torch import nn
 
 from drconv_mmdet.classification import (ImageClassifier, MobileNetV2, ShuffleNetV2,
@@ -130,15 +131,7 @@ def test_training_step_gives_every_drconv_parameter_a_finite_gradient(build, wid
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4, ))
     F.cross_entropy(model(x), y).backward()
-    drconv_params = {
-        f'{name}.{p_name}': p
-        for name, m in model.named_modules() if isinstance(m, DRConv2d)
-        for p_name, p in m.named_parameters()
-    }
-    assert drconv_params
-    for name, param in drconv_params.items():
-        assert param.grad is not None, name
-        assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
+    assert_every_drconv_parameter_learns(model)
     optimizer.step()
     assert torch.isfinite(model(x)).all()
 

@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import torch
+from helpers import randomised
 
 from drconv_mmdet.classification import (MobileNetV2, ShuffleNetV2, drconv_mobilenet_v2,
                                          drconv_shufflenet_v2, mobilenet_v2, shufflenet_v2)
@@ -15,24 +16,12 @@ NETWORKS = {
 }
 
 
-def _randomised(model):
-    """``model`` with random weights, biases and norm statistics, so that loading them shows."""
-    torch.manual_seed(0)
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point():
-            if name.endswith('running_var'):
-                tensor.uniform_(0.5, 1.5)
-            else:
-                tensor.normal_(0, 0.3 if tensor.dim() > 1 else 0.1)
-    return model
-
-
 @pytest.mark.parametrize('network', sorted(NETWORKS))
 @pytest.mark.parametrize('shared_guide', [False, True])
 @pytest.mark.parametrize('generator', ['basis', 'paper'])
 def test_plain_state_dict_starts_the_drconvs(network, shared_guide, generator, caplog):
     build_plain, build_drconv, width = NETWORKS[network]
-    plain = _randomised(build_plain(width, num_classes=10)).eval()
+    plain = randomised(build_plain(width, num_classes=10)).eval()
     model = build_drconv(width,
                          num_classes=10,
                          region_num=4,
@@ -66,7 +55,7 @@ def test_plain_state_dict_starts_the_drconvs(network, shared_guide, generator, c
 @pytest.mark.parametrize('cls, width', [(ShuffleNetV2, 0.5), (MobileNetV2, 0.5)])
 def test_plain_backbone_state_dict_starts_every_output(cls, width):
     indices = (0, 1, 2, 3) if cls is ShuffleNetV2 else (1, 3, 7)
-    plain = _randomised(cls(width, out_indices=indices)).eval()
+    plain = randomised(cls(width, out_indices=indices)).eval()
     model = cls(width, out_indices=indices, region_num=2).eval()
     model.load_state_dict(plain.state_dict())
     assert all(isinstance(model.get_submodule(name), DRConv2d) for name in model.drconv_names)

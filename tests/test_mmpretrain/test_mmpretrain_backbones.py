@@ -11,6 +11,7 @@ pytest.importorskip('mmpretrain',
                     reason='needs mmpretrain and torchvision: make setup-compat '
                     'installs them (the torch 2.13 CPU wheel cannot load torchvision)')
 
+from helpers import assert_every_drconv_parameter_learns, randomised  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 from mmpretrain.models.backbones import MobileNetV2, ShuffleNetV2  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
@@ -38,18 +39,6 @@ def _pointwise(model):
         for name, m in model.named_modules()
         if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
     }
-
-
-def _randomised(model):
-    """``model`` with random weights and norm statistics, so that loading them is observable."""
-    torch.manual_seed(0)
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point():
-            if name.endswith('running_var'):
-                tensor.uniform_(0.5, 1.5)
-            else:
-                tensor.normal_(0, 0.3 if tensor.dim() > 1 else 0.1)
-    return model
 
 
 @pytest.mark.parametrize('dr_cls, plain_cls, width', VARIANTS, ids=IDS)
@@ -90,7 +79,7 @@ def test_drconvs_exactly_at_the_1x1_convs(dr_cls, plain_cls, width, shared_guide
 def test_plain_state_dict_starts_the_drconvs(dr_cls, plain_cls, shared_guide, generator):
     """Warm start: mmpretrain's plain weights load and the network computes what the plain one
     computes, with all stage outputs."""
-    plain = _randomised(plain_cls(widen_factor=0.5, out_indices=(0, 1, 2)))
+    plain = randomised(plain_cls(widen_factor=0.5, out_indices=(0, 1, 2)))
     model = dr_cls(widen_factor=0.5,
                    out_indices=(0, 1, 2),
                    shared_guide=shared_guide,
@@ -137,15 +126,7 @@ def test_training_step_gives_every_drconv_parameter_a_finite_gradient(dr_cls, sh
     x, y = torch.rand(4, 3, 64, 64), torch.randint(0, 10, (4, ))
     loss = nn.functional.cross_entropy(head(model(x)[-1].mean(dim=(2, 3))), y)
     loss.backward()
-    drconv_params = {
-        f'{name}.{p_name}': p
-        for name, m in model.named_modules() if isinstance(m, DRConv2d)
-        for p_name, p in m.named_parameters()
-    }
-    assert drconv_params
-    for name, param in drconv_params.items():
-        assert param.grad is not None, name
-        assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
+    assert_every_drconv_parameter_learns(model)
     optimizer.step()
     assert torch.isfinite(model(x)[-1]).all()
 

@@ -9,6 +9,7 @@ pytest.importorskip('mmpretrain',
                     reason='needs mmpretrain and torchvision: make setup-compat '
                     'installs them (the torch 2.13 CPU wheel cannot load torchvision)')
 
+from helpers import randomised  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
 
@@ -43,18 +44,6 @@ def _mmpretrain_classifier(backbone, width, drconv, in_channels):
                  head=dict(type='LinearClsHead', num_classes=NUM_CLASSES, in_channels=in_channels)))
 
 
-def _randomised(model, seed):
-    """``model`` with random weights, biases and norm statistics, so that loading them shows."""
-    torch.manual_seed(seed)
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point():
-            if name.endswith('running_var'):
-                tensor.uniform_(0.5, 1.5)
-            else:
-                tensor.normal_(0, 0.3 if tensor.dim() > 1 else 0.1)
-    return model
-
-
 def _pair(variant):
     backbone, build, width, drconv, in_channels = VARIANTS[variant]
     reference = _mmpretrain_classifier(backbone, width, drconv, in_channels).eval()
@@ -82,7 +71,7 @@ def test_same_state_dict_keys_and_shapes(variant):
 @pytest.mark.parametrize('variant', sorted(VARIANTS))
 def test_mmpretrain_state_dict_loads_into_the_torch_network(variant):
     reference, model = _pair(variant)
-    _randomised(reference, seed=0)
+    randomised(reference, seed=0)
     model.load_state_dict(reference.state_dict(), strict=True)
     _assert_same_outputs(reference, model)
 
@@ -90,7 +79,7 @@ def test_mmpretrain_state_dict_loads_into_the_torch_network(variant):
 @pytest.mark.parametrize('variant', sorted(VARIANTS))
 def test_torch_state_dict_loads_into_mmpretrain(variant):
     reference, model = _pair(variant)
-    _randomised(model, seed=1)
+    randomised(model, seed=1)
     reference.load_state_dict(model.state_dict(), strict=True)
     _assert_same_outputs(reference, model)
 
@@ -98,7 +87,7 @@ def test_torch_state_dict_loads_into_mmpretrain(variant):
 @pytest.mark.parametrize('variant', ['ShuffleNetV2-0.5x', 'MobileNetV2-0.35x'])
 def test_plain_mmpretrain_state_dict_starts_the_torch_drconv_network(variant):
     backbone, build, width, _, in_channels = VARIANTS[variant]
-    plain = _randomised(_mmpretrain_classifier(backbone, width, {}, in_channels), seed=2).eval()
+    plain = randomised(_mmpretrain_classifier(backbone, width, {}, in_channels), seed=2).eval()
     model = build(width, NUM_CLASSES, region_num=4, shared_guide=True).eval()
     model.load_state_dict(plain.state_dict(), strict=True)
     x = torch.rand(2, 3, 64, 64)
