@@ -327,3 +327,18 @@ def assert_every_drconv_parameter_learns(model: nn.Module) -> None:
     for name, param in drconv_params.items():
         assert param.grad is not None, name
         assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
+
+
+def assert_drconvs_start_like_the_plain_convs(drconv_model: nn.Module,
+                                              plain_model: nn.Module) -> None:
+    """Every DRConv of ``drconv_model`` generates filters of the size of the plain conv at its
+    name in ``plain_model`` (both initialised), within the sampling noise of a std."""
+    plain = dict(plain_model.named_modules())
+    layers = {name: m for name, m in drconv_model.named_modules() if isinstance(m, DRConv2d)}
+    assert layers
+    torch.manual_seed(0)
+    for name, layer in layers.items():
+        with torch.no_grad():
+            filters = layer.generator(torch.randn(2, layer.in_channels, 4, 4))
+        ratio = filters.std().item() / plain[name].weight.std().item()
+        assert 0.8 < ratio < 1.25, (name, ratio)

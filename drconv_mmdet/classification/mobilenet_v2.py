@@ -1,4 +1,5 @@
 """MobileNetV2 and DRConv-MobileNetV2 (the DRConv paper's Table 1) in torch alone."""
+import math
 from typing import List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
@@ -10,7 +11,8 @@ from .conv_norm_act import RELU6, ConvNormAct
 from .pointwise import drconv_options, pointwise_to_drconv
 
 __all__ = [
-    'MobileNetV2', 'InvertedResidual', 'make_divisible', 'mobilenet_v2', 'drconv_mobilenet_v2'
+    'MobileNetV2', 'InvertedResidual', 'make_divisible', 'plain_pointwise_std', 'mobilenet_v2',
+    'drconv_mobilenet_v2'
 ]
 
 # (expand_ratio, channels, num_blocks, stride) of the seven stages, at width 1 (mmpretrain's).
@@ -33,6 +35,14 @@ def make_divisible(value: float,
     if new_value < min_ratio * value:
         new_value += divisor
     return new_value
+
+
+def plain_pointwise_std(in_channels: int, out_channels: int) -> float:
+    """mmpretrain's MobileNetV2 init std of a 1x1 conv weight: Kaiming normal, fan-out, ReLU gain.
+
+    The DRConvs of the DRConv network start their filters at this size, as the convs they replace.
+    """
+    return math.sqrt(2.0 / out_channels)
 
 
 class InvertedResidual(nn.Module):
@@ -139,12 +149,13 @@ class MobileNetV2(nn.Module):
         self.layer_names.append('conv2')
         channels.append(last)
         self.out_channels = tuple(channels[i] for i in self.out_indices)
-        self.init_weights()
         self.drconv_names: List[str] = pointwise_to_drconv(self, kwargs, shared_guide)
+        self.init_weights()
 
     def init_weights(self) -> None:
         """mmpretrain's init: Kaiming normal conv weights (fan-out, ReLU gain), norms at weight
-        1 and bias 0. DRConvs take their own init (:meth:`~drconv_mmdet.nn.DRConv2d.init_weights`).
+        1 and bias 0; every DRConv's filters start at the size of the 1x1 conv it replaces
+        (:func:`plain_pointwise_std`).
         """
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -152,7 +163,7 @@ class MobileNetV2(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()
             elif isinstance(module, DRConv2d):
-                module.init_weights()
+                module.init_weights(plain_pointwise_std(module.in_channels, module.out_channels))
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """The feature maps of ``out_indices``.

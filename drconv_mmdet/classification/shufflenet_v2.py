@@ -11,7 +11,8 @@ from .conv_norm_act import ConvNormAct
 from .pointwise import drconv_options, pointwise_to_drconv
 
 __all__ = [
-    'ShuffleNetV2', 'ShuffleNetV2Block', 'channel_shuffle', 'shufflenet_v2', 'drconv_shufflenet_v2'
+    'ShuffleNetV2', 'ShuffleNetV2Block', 'channel_shuffle', 'plain_pointwise_std', 'shufflenet_v2',
+    'drconv_shufflenet_v2'
 ]
 
 # Output channels of the three stages and of the last conv, per width (mmpretrain's).
@@ -30,6 +31,14 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     batch, channels, height, width = x.shape
     x = x.view(batch, groups, channels // groups, height, width)
     return x.transpose(1, 2).contiguous().view(batch, channels, height, width)
+
+
+def plain_pointwise_std(in_channels: int, out_channels: int) -> float:
+    """mmpretrain's ShuffleNetV2 init std of a 1x1 conv weight: one over the fan-in.
+
+    The DRConvs of the DRConv network start their filters at this size, as the convs they replace.
+    """
+    return 1.0 / in_channels
 
 
 class ShuffleNetV2Block(nn.Module):
@@ -150,15 +159,15 @@ class ShuffleNetV2(nn.Module):
             self.layers.append(nn.Sequential(*blocks))
             in_channels = out_channels
         self.layers.append(ConvNormAct(in_channels, channels[-1], 1))
-        self.init_weights()
         self.drconv_names: List[str] = pointwise_to_drconv(self, kwargs, shared_guide)
+        self.init_weights()
 
     def init_weights(self) -> None:
         """mmpretrain's init: normal conv weights, std 0.01 in the stem and 1/fan-in elsewhere.
 
         mmpretrain's norm init passes the norms' weights where it wants the norms and changes
-        nothing, so the norms keep torch's init (weight 1, bias 0), as they do here. DRConvs
-        take their own init (:meth:`~drconv_mmdet.nn.DRConv2d.init_weights`).
+        nothing, so the norms keep torch's init (weight 1, bias 0), as they do here. Every DRConv's
+        filters start at the size of the 1x1 conv it replaces (:func:`plain_pointwise_std`).
         """
         for name, module in self.named_modules():
             if isinstance(module, nn.Conv2d):
@@ -167,7 +176,7 @@ class ShuffleNetV2(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()
             elif isinstance(module, DRConv2d):
-                module.init_weights()
+                module.init_weights(plain_pointwise_std(module.in_channels, module.out_channels))
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """The feature maps of ``out_indices``.

@@ -2,6 +2,7 @@
 from mmpretrain.models.backbones import MobileNetV2
 from mmpretrain.registry import MODELS
 
+from drconv_mmdet.classification.mobilenet_v2 import plain_pointwise_std
 from .pointwise import PointwiseDRConvs
 
 __all__ = ['DRMobileNetV2']
@@ -33,3 +34,5 @@ class DRMobileNetV2(PointwiseDRConvs, MobileNetV2):
         **kwargs: the other arguments of :class:`mmpretrain.models.MobileNetV2`
             (``out_indices``, ``frozen_stages``, ``norm_eval``, ...).
     """
+
+    plain_pointwise_std = staticmethod(plain_pointwise_std)

@@ -10,12 +10,13 @@ logger.
 """
 import logging
 from functools import partial
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from mmcv.cnn import ConvModule
 from mmengine.logging import print_log
 from torch import nn
 
+from drconv_mmdet.nn import DRConv2d
 from drconv_mmdet.nn import pointwise as core
 from drconv_mmdet.nn.pointwise import SharedGuideSequential, drconv_kwargs, start_drconvs_from_plain
 
@@ -23,6 +24,9 @@ __all__ = [
     'PointwiseDRConvs', 'SharedGuideSequential', 'drconv_kwargs', 'pointwise_to_drconv',
     'start_drconvs_from_plain'
 ]
+
+# The init_cfg types of mmengine that load a checkpoint.
+PRETRAINED = ('Pretrained', 'PretrainedInit')
 
 
 def pointwise_to_drconv(model: nn.Module, kwargs: Dict[str, Any], shared_guide: bool) -> List[str]:
@@ -49,7 +53,13 @@ def pointwise_to_drconv(model: nn.Module, kwargs: Dict[str, Any], shared_guide: 
 
 class PointwiseDRConvs:
     """Builds the mmpretrain network it precedes in the bases, then turns every 1x1 conv into a
-    DRConv with :func:`pointwise_to_drconv`; the DRConv networks' shared arguments."""
+    DRConv with :func:`pointwise_to_drconv`; the DRConv networks' shared arguments and init.
+
+    A subclass names, as ``plain_pointwise_std``, the std its plain network's init gives a 1x1
+    conv weight, from the conv's input and output channels.
+    """
+
+    plain_pointwise_std: Callable[[int, int], float]
 
     def __init__(self,
                  widen_factor: float = 1.0,
@@ -64,3 +74,16 @@ class PointwiseDRConvs:
         self.region_num = region_num
         self.shared_guide = shared_guide
         self.drconv_names = pointwise_to_drconv(self, kwargs_of_drconv, shared_guide)
+
+    def init_weights(self) -> None:
+        """The plain network's init, and every DRConv's filters at the size that init gives the
+        1x1 conv it replaces (``plain_pointwise_std``); a ``Pretrained`` ``init_cfg`` loads its
+        checkpoint instead, as in mmpretrain."""
+        super().init_weights()
+        init_cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        if any(isinstance(cfg, dict) and cfg.get('type') in PRETRAINED for cfg in init_cfgs):
+            return
+        for module in self.modules():
+            if isinstance(module, DRConv2d):
+                module.init_weights(
+                    self.plain_pointwise_std(module.in_channels, module.out_channels))

@@ -2,6 +2,7 @@
 from mmpretrain.models.backbones import ShuffleNetV2
 from mmpretrain.registry import MODELS
 
+from drconv_mmdet.classification.shufflenet_v2 import plain_pointwise_std
 from .pointwise import PointwiseDRConvs
 
 __all__ = ['DRShuffleNetV2']
@@ -33,3 +34,5 @@ class DRShuffleNetV2(PointwiseDRConvs, ShuffleNetV2):
         **kwargs: the other arguments of :class:`mmpretrain.models.ShuffleNetV2`
             (``out_indices``, ``frozen_stages``, ``norm_eval``, ...).
     """
+
+    plain_pointwise_std = staticmethod(plain_pointwise_std)

@@ -128,16 +128,29 @@ class DRConv2d(nn.Module):
     def with_guide_conv(self) -> bool:
         return self.guide is not None
 
-    def init_weights(self) -> None:
+    def init_weights(self, filter_std: Optional[float] = None) -> None:
         """Initialises the guide conv, the generator and the bias.
 
         ``ConvModule`` leaves a conv that has ``init_weights`` alone, so this is the init that
         holds inside mmdet models.
+
+        Args:
+            filter_std (float, optional): std of the generated filters at the start. A network
+                that initialises its plain convs at another size passes that size here, so that
+                its DRConvs start like the convs they replace: behind a norm layer the size of a
+                weight sets how fast its direction learns, the smaller the faster. Default: None,
+                a variance-preserving size, ``1 / sqrt(in_channels * kh * kw)``.
+
+        Raises:
+            ValueError: ``filter_std`` is not a positive finite number.
         """
+        if filter_std is not None and not _is_positive_finite(filter_std):
+            raise ValueError(f'filter_std must be a positive finite number or None, but got '
+                             f'{filter_std!r}')
         if self.with_guide_conv:
             nn.init.kaiming_uniform_(self.guide.weight, a=math.sqrt(5))
             nn.init.zeros_(self.guide.bias)
-        self.generator.reset_parameters()
+        self.generator.reset_parameters(filter_std)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
@@ -308,6 +321,11 @@ class DRConv2d(nn.Module):
         if not self.with_guide_conv:
             s += ', with_guide_conv=False'
         return s
+
+
+def _is_positive_finite(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 < value < math.inf)
 
 
 def _explicit_padding(conv: nn.Conv2d) -> Tuple[int, int]:

@@ -7,7 +7,7 @@ scaled initialisation. Every bias is a parameter named ``bias`` of its own small
 what mmengine's ``paramwise_cfg`` (``bias_lr_mult``, ``bias_decay_mult``) looks for.
 """
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,11 @@ class WeightAndBias(nn.Module):
         return f'weight_shape={tuple(self.weight.shape)}, bias={self.bias is not None}'
 
 
-def _target_std(in_channels: int, kernel_size: Tuple[int, int]) -> float:
-    """Std of a variance-preserving filter for a conv with this fan-in."""
+def _filter_std(filter_std: Optional[float], in_channels: int, kernel_size: Tuple[int,
+                                                                                  int]) -> float:
+    """``filter_std``, or the std of a variance-preserving filter for a conv with this fan-in."""
+    if filter_std is not None:
+        return filter_std
     return 1.0 / math.sqrt(in_channels * kernel_size[0] * kernel_size[1])
 
 
@@ -95,13 +98,19 @@ class PaperFilterGenerator(nn.Module):
     def static_kernel(self) -> bool:
         return self.static_weight is not None
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, filter_std: Optional[float] = None) -> None:
+        """Initialises the generator so that its filters start with std ``filter_std``.
+
+        Args:
+            filter_std (float, optional): std of the generated filters at the start. Default:
+                None, a variance-preserving size, ``1 / sqrt(C * kh * kw)``.
+        """
         nn.init.kaiming_uniform_(self.reduce.weight, a=math.sqrt(5))
         nn.init.zeros_(self.reduce.bias)
-        # The sigmoid outputs start near 0.5, so a filter is ~0.5 * sqrt(hidden/m) * std(expand):
-        # scale expand so that the generated filters start at a variance-preserving size.
+        # The sigmoid outputs start near 0.5, so a filter is ~0.5 * sqrt(hidden/m) * std(expand).
         group_width = self.expand.weight.shape[1]
-        std = _target_std(self.shape[2], self.kernel_size) / (0.5 * math.sqrt(group_width))
+        std = _filter_std(filter_std, self.shape[2],
+                          self.kernel_size) / (0.5 * math.sqrt(group_width))
         nn.init.normal_(self.expand.weight, std=std)
         nn.init.zeros_(self.expand.bias)
         if self.static_kernel:
@@ -179,10 +188,15 @@ class BasisFilterGenerator(nn.Module):
         self.routing = WeightAndBias((region_num * num_bases, in_channels))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        # The coefficients start near 1/num_bases, so a filter starts as the mean of the bases;
-        # scale the bases so that this mean has a variance-preserving size.
-        std = _target_std(self.shape[2], self.kernel_size) * math.sqrt(self.num_bases)
+    def reset_parameters(self, filter_std: Optional[float] = None) -> None:
+        """Initialises the generator so that its filters start with std ``filter_std``.
+
+        Args:
+            filter_std (float, optional): std of the generated filters at the start. Default:
+                None, a variance-preserving size, ``1 / sqrt(C * kh * kw)``.
+        """
+        # The coefficients start near 1/num_bases, so a filter starts as the mean of the bases.
+        std = _filter_std(filter_std, self.shape[2], self.kernel_size) * math.sqrt(self.num_bases)
         bound = math.sqrt(3.0) * std
         nn.init.uniform_(self.bases, -bound, bound)
         # Small routing weights, as the official code, keep the mixtures close at the start.

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_every_drconv_parameter_learns
+from helpers import assert_drconvs_start_like_the_plain_convs, assert_every_drconv_parameter_learns
 from torch import nn
 
 from drconv_mmdet.classification import (ImageClassifier, MobileNetV2, ShuffleNetV2,
@@ -134,6 +134,16 @@ def test_training_step_gives_every_drconv_parameter_a_finite_gradient(build, wid
     assert_every_drconv_parameter_learns(model)
     optimizer.step()
     assert torch.isfinite(model(x)).all()
+
+
+@pytest.mark.parametrize('cls, width', [(ShuffleNetV2, 0.5), (MobileNetV2, 0.25)])
+@pytest.mark.parametrize('generator', ['basis', 'paper'])
+def test_drconvs_start_at_the_size_of_the_plain_convs(cls, width, generator):
+    """mmpretrain's ShuffleNetV2 starts its 1x1 convs far smaller than a DRConv's own init; behind
+    a norm layer the smaller weight learns faster, so the DRConvs take the plain network's size."""
+    assert_drconvs_start_like_the_plain_convs(
+        cls(width, region_num=4, generator=generator, drconv_cfg=dict(hidden_channels=4)),
+        cls(width))
 
 
 @pytest.mark.parametrize('build, width, kwargs', [(shufflenet_v2, 0.5, {}),

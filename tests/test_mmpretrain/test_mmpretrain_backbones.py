@@ -11,6 +11,7 @@ pytest.importorskip('mmpretrain',
                     reason='needs mmpretrain and torchvision: make setup-compat '
                     'installs them (the torch 2.13 CPU wheel cannot load torchvision)')
 
+from helpers import assert_drconvs_start_like_the_plain_convs  # noqa: E402
 from helpers import assert_every_drconv_parameter_learns, randomised  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 from mmpretrain.models.backbones import MobileNetV2, ShuffleNetV2  # noqa: E402
@@ -129,6 +130,16 @@ def test_training_step_gives_every_drconv_parameter_a_finite_gradient(dr_cls, sh
     assert_every_drconv_parameter_learns(model)
     optimizer.step()
     assert torch.isfinite(model(x)[-1]).all()
+
+
+@pytest.mark.parametrize('dr_cls, plain_cls, width', [(DRShuffleNetV2, ShuffleNetV2, 0.5),
+                                                      (DRMobileNetV2, MobileNetV2, 0.25)])
+def test_init_weights_starts_the_drconvs_at_the_size_of_the_plain_convs(dr_cls, plain_cls, width):
+    drconv_model = dr_cls(widen_factor=width, **SMALL)
+    plain_model = plain_cls(widen_factor=width)
+    drconv_model.init_weights()
+    plain_model.init_weights()
+    assert_drconvs_start_like_the_plain_convs(drconv_model, plain_model)
 
 
 def test_frozen_stages_freeze_the_drconvs():

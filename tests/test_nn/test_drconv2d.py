@@ -56,6 +56,24 @@ def test_init_is_variance_preserving(generator):
     assert 0.4 < out.std().item() < 1.6
 
 
+@pytest.mark.parametrize('generator', ['paper', 'basis'])
+@pytest.mark.parametrize('kernel_size, filter_std', [(1, None), (1, 0.02), (3, None), (3, 0.3)])
+def test_init_weights_sets_the_size_of_the_generated_filters(generator, kernel_size, filter_std):
+    torch.manual_seed(0)
+    layer = DRConv2d(48, 40, kernel_size, region_num=4, generator=generator)
+    layer.init_weights(filter_std)
+    expected = filter_std if filter_std is not None else (48 * kernel_size**2)**-0.5
+    filters = layer.generator(torch.randn(3, 48, 6, 6))
+    assert filters.std().item() == pytest.approx(expected, rel=0.1)
+
+
+@pytest.mark.parametrize('filter_std', [0, -0.1, float('inf'), float('nan'), True, '0.1'])
+def test_init_weights_refuses_a_bad_filter_std(filter_std):
+    with pytest.raises(ValueError,
+                       match=r'filter_std must be a positive finite number or None, but got '):
+        DRConv2d(4, 4, 1).init_weights(filter_std)
+
+
 def test_external_guide_is_sampled_and_shared():
     shared = DRConv2d(4, 4, 1, stride=2, region_num=3, with_guide_conv=False)
     assert shared.guide is None
