@@ -2,7 +2,7 @@
 # real images, shipped with the package), upscaled from 8 x 8 to 32 x 32, for runs of minutes on a
 # CPU. Training shifts each image by up to 4 pixels (zero fill); nothing else. SGD with momentum,
 # the learning rate decayed linearly to 0 from the paper's ImageNet rate per image (0.5 for 1,024
-# images, so 0.5 * 32 / 1024 here): a fresh DRConv network's loss rises at three times that rate.
+# images, so 0.5 * 32 / 1024 here).
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 custom_imports = dict(imports=['drconv_mmdet.mmpretrain'], allow_failed_imports=False)
 
